@@ -1,0 +1,252 @@
+"""Jit-able neighbour list over periodic triclinic cells, with fixed capacity and an overflow flag.
+
+Edge convention (same as Nequix/matscipy "ijS"): edge e links centre i = `receivers[e]` to
+neighbour j = `senders[e]`, with bond vector
+
+    r_ij = x_j - x_i + S_e · cell          (S_e integer image offsets, Å)
+
+Every pair within the cutoff appears in both directions. Arrays have a fixed `capacity`
+(padded edges have `mask == False`); when a rebuild finds more pairs than fit, or the cell
+has changed so that the static search grid no longer covers the cutoff, `overflow` is True
+and the caller must re-`allocate` (glp / jax-md style).
+
+Two search methods, chosen at allocation time:
+- "brute": all pairs × all periodic images within range, O(N² K); used for small N or
+  cells thinner than 3 cutoffs (including cells smaller than 2× cutoff: images are enumerated).
+- "cells": a cell list with bins at least one cutoff wide, O(N); needs ≥ 3 bins per axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from curvax.system import System
+
+PAD_BOND_LENGTH = 1.0e3  # Å; padded edges get a bond this long, far beyond any cutoff
+
+
+class Graph(NamedTuple):
+    """Edges of one structure (padded to a fixed capacity)."""
+
+    senders: jnp.ndarray  # (E,) neighbour j
+    receivers: jnp.ndarray  # (E,) centre i
+    shifts: jnp.ndarray  # (E, 3) integer image offsets S (stored as float)
+    mask: jnp.ndarray  # (E,) True for real edges
+    overflow: jnp.ndarray  # () True if the list must be re-allocated
+
+    @property
+    def n_edges(self):
+        return jnp.sum(self.mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborSpec:
+    """Static shape information of a neighbour list (hashable: a jit static argument)."""
+
+    cutoff: float
+    capacity: int
+    method: str  # "brute" | "cells"
+    images: tuple = (0, 0, 0)  # brute: image range per axis
+    bins: tuple = (1, 1, 1)  # cells: number of bins per axis
+    bin_capacity: int = 0
+    pbc: tuple = (True, True, True)
+
+
+def _plane_spacings(cell: np.ndarray) -> np.ndarray:
+    """Distance between lattice planes along each axis, 1/|b_a| [Å] (b: reciprocal rows, no 2π)."""
+    return 1.0 / np.linalg.norm(np.linalg.inv(cell).T, axis=1)
+
+
+def _complete_cell(cell, pbc):
+    """Replace the cell by a large box when nothing is periodic (molecules)."""
+    if not any(pbc):
+        return jnp.eye(3, dtype=cell.dtype)
+    return cell
+
+
+def allocate(system: System, cutoff: float, capacity_multiplier: float = 1.25,
+             method: str = "auto", min_capacity: int = 16) -> tuple[NeighborSpec, Graph]:
+    """Choose static sizes for `system` and build its graph. Returns `(spec, graph)`.
+
+    Raises ValueError if the structure is inconsistent (degenerate periodic cell) or
+    mixes periodic and non-periodic axes in a way the list does not support.
+    """
+    pbc = tuple(bool(p) for p in system.pbc)
+    n = int(system.positions.shape[0])
+    if any(pbc) and not all(pbc):
+        raise ValueError(f"mixed periodicity pbc={list(pbc)} is not supported; use all True or all False")
+    if not np.all(np.isfinite(np.asarray(system.positions))):
+        raise ValueError("positions contain NaN or inf")
+    cell = np.asarray(system.cell, dtype=np.float64)
+    if all(pbc):
+        if abs(np.linalg.det(cell)) < 1e-8:
+            raise ValueError("pbc=True but the cell is degenerate (zero volume)")
+        spacing = _plane_spacings(cell)
+        images = tuple(int(np.ceil(cutoff / s)) for s in spacing)
+        bins = tuple(int(np.floor(s / cutoff)) for s in spacing)
+    else:
+        images, bins = (0, 0, 0), (1, 1, 1)
+    if method == "auto":
+        method = "cells" if (all(pbc) and min(bins) >= 3 and n > 256) else "brute"
+    if method == "cells" and (not all(pbc) or min(bins) < 3):
+        raise ValueError(f"cell list needs a periodic cell at least 3 cutoffs wide (bins {bins})")
+    bin_capacity = 0
+    if method == "cells":
+        counts = np.bincount(np.asarray(_bin_index(system.positions, system.cell, bins)),
+                             minlength=int(np.prod(bins)))
+        bin_capacity = int(np.ceil(counts.max() * capacity_multiplier)) + 1
+    probe = NeighborSpec(cutoff=float(cutoff), capacity=1, method=method, images=images,
+                         bins=bins, bin_capacity=bin_capacity, pbc=pbc)
+    count = int(_count_pairs(system, probe))
+    capacity = max(min_capacity, int(np.ceil(count * capacity_multiplier)))
+    spec = dataclasses.replace(probe, capacity=capacity)
+    return spec, build(system, spec)
+
+
+def _wrap(positions, cell, pbc):
+    """Fold positions into the cell. Returns wrapped positions and integer cell offsets k (x = x_w + k·cell)."""
+    if not all(pbc):
+        return positions, jnp.zeros_like(positions)
+    frac = positions @ jnp.linalg.inv(cell)
+    k = jnp.floor(frac)
+    return (frac - k) @ cell, k
+
+
+def _bin_index(positions, cell, bins):
+    frac = positions @ jnp.linalg.inv(cell)
+    frac = frac - jnp.floor(frac)
+    b = jnp.clip(jnp.floor(frac * jnp.asarray(bins)).astype(jnp.int32), 0, jnp.asarray(bins) - 1)
+    return (b[:, 0] * bins[1] + b[:, 1]) * bins[2] + b[:, 2]
+
+
+def _image_offsets(images):
+    rng = [range(-m, m + 1) for m in images]
+    return np.array(list(itertools.product(*rng)), dtype=np.float64)  # (K, 3)
+
+
+def _candidate_mask_brute(xw, cell, spec):
+    shifts = jnp.asarray(_image_offsets(spec.images), dtype=xw.dtype)
+    offsets = shifts @ cell
+    d = xw[None, :, None, :] - xw[:, None, None, :] + offsets[None, None]  # (i, j, k, 3)
+    r2 = jnp.sum(d * d, axis=-1)
+    n = xw.shape[0]
+    self_image = (jnp.eye(n, dtype=bool)[:, :, None]) & jnp.all(shifts == 0, axis=1)[None, None, :]
+    return (r2 < spec.cutoff ** 2) & ~self_image, shifts
+
+
+def _bin_table(xw, cell, spec):
+    """(n_bins, bin_capacity) table of atom indices (-1 = empty) and a bin-overflow flag."""
+    nbins = int(np.prod(spec.bins))
+    bid = _bin_index(xw, cell, spec.bins)
+    order = jnp.argsort(bid)
+    sorted_bins = bid[order]
+    counts = jnp.zeros(nbins, jnp.int32).at[bid].add(1)
+    starts = jnp.cumsum(counts) - counts
+    slot = jnp.arange(xw.shape[0]) - starts[sorted_bins]
+    table = jnp.full((nbins, spec.bin_capacity), -1, jnp.int32)
+    table = table.at[sorted_bins, slot].set(order.astype(jnp.int32), mode="drop")
+    return table, bid, jnp.max(counts) > spec.bin_capacity
+
+
+_NEIGHBOR_BINS = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=np.int32)  # (27, 3)
+
+
+def _cells_candidates(xw, cell, spec, bid, table):
+    """For each atom: candidate neighbour indices (N, 27*cap) and their image shifts (N, 27*cap, 3)."""
+    bins = jnp.asarray(spec.bins)
+    b3 = jnp.stack([bid // (spec.bins[1] * spec.bins[2]), (bid // spec.bins[2]) % spec.bins[1],
+                    bid % spec.bins[2]], axis=1)  # (N, 3)
+    nb = b3[:, None, :] + _NEIGHBOR_BINS[None]  # (N, 27, 3)
+    shift = jnp.floor_divide(nb, bins)  # -1, 0 or +1 image
+    nb = nb - shift * bins
+    nb_id = (nb[..., 0] * spec.bins[1] + nb[..., 1]) * spec.bins[2] + nb[..., 2]
+    cand = table[nb_id].reshape(xw.shape[0], -1)  # (N, 27*cap)
+    cand_shift = jnp.repeat(shift, spec.bin_capacity, axis=1).astype(xw.dtype)
+    return cand, cand_shift
+
+
+def _candidate_mask_cells(xw, cell, spec, chunk=2048):
+    table, bid, bin_overflow = _bin_table(xw, cell, spec)
+    cand, cand_shift = _cells_candidates(xw, cell, spec, bid, table)
+    n = xw.shape[0]
+
+    def one_atom(args):
+        i, c, s = args
+        d = xw[jnp.maximum(c, 0)] - xw[i] + s @ cell
+        ok = (c >= 0) & (jnp.sum(d * d, -1) < spec.cutoff ** 2)
+        return ok & ~((c == i) & jnp.all(s == 0, axis=-1))
+
+    mask = jax.lax.map(one_atom, (jnp.arange(n), cand, cand_shift), batch_size=min(chunk, n))
+    return mask, cand, cand_shift, bin_overflow
+
+
+def _geometry_overflow(cell, spec):
+    """True if the current cell is too thin for the static images/bins chosen at allocation."""
+    if not all(spec.pbc):
+        return jnp.array(False)
+    spacing = 1.0 / jnp.linalg.norm(jnp.linalg.inv(cell).T, axis=1)
+    if spec.method == "brute":
+        return jnp.any(spec.cutoff / spacing > jnp.asarray(spec.images))
+    return jnp.any(spacing / jnp.asarray(spec.bins) < spec.cutoff)
+
+
+def _count_pairs(system, spec):
+    cell = _complete_cell(system.cell, spec.pbc)
+    xw, _ = _wrap(system.positions, cell, spec.pbc)
+    if spec.method == "brute":
+        return jnp.sum(_candidate_mask_brute(xw, cell, spec)[0])
+    return jnp.sum(_candidate_mask_cells(xw, cell, spec)[0])
+
+
+@partial(jax.jit, static_argnums=1)
+def build(system: System, spec: NeighborSpec) -> Graph:
+    """Rebuild the graph of `system` with the static sizes in `spec` (jit-able)."""
+    cell = _complete_cell(system.cell, spec.pbc)
+    xw, k = _wrap(system.positions, cell, spec.pbc)
+    if spec.method == "brute":
+        within, image_shifts = _candidate_mask_brute(xw, cell, spec)
+        n, _, n_img = within.shape
+        (flat,) = jnp.nonzero(within.ravel(), size=spec.capacity, fill_value=0)
+        i = flat // (n * n_img)
+        j = (flat // n_img) % n
+        s = image_shifts[flat % n_img]
+        extra_overflow = jnp.array(False)
+    else:
+        within, cand, cand_shift, extra_overflow = _candidate_mask_cells(xw, cell, spec)
+        width = within.shape[1]
+        (flat,) = jnp.nonzero(within.ravel(), size=spec.capacity, fill_value=0)
+        i = flat // width
+        j = cand[i, flat % width]
+        s = cand_shift[i, flat % width]
+    count = jnp.sum(within)
+    mask = jnp.arange(spec.capacity) < count
+    # shifts relative to the unwrapped input positions: x_j - x_i + S·cell
+    s = s - k[j] + k[i]
+    i = jnp.where(mask, i, 0).astype(jnp.int32)
+    j = jnp.where(mask, j, 0).astype(jnp.int32)
+    s = jnp.where(mask[:, None], s, 0.0)
+    overflow = (count > spec.capacity) | extra_overflow | _geometry_overflow(cell, spec)
+    return Graph(senders=j, receivers=i, shifts=s, mask=mask, overflow=overflow)
+
+
+def edge_vectors(positions, cell, graph: Graph):
+    """Bond vectors r_ij = x_j - x_i + S·cell [Å]; padded edges get a bond of PAD_BOND_LENGTH."""
+    r = positions[graph.senders] - positions[graph.receivers] + graph.shifts @ cell
+    pad = jnp.zeros_like(r).at[:, 0].set(PAD_BOND_LENGTH)
+    return jnp.where(graph.mask[:, None], r, pad)
+
+
+def neighbor_list(cutoff: float, capacity_multiplier: float = 1.25, method: str = "auto"):
+    """Factory returning the pure pair `(allocate_fn, update_fn)`.
+
+    allocate_fn(system) -> (spec, graph)      # host side: picks static sizes
+    update_fn(system, spec) -> graph          # jit-able; check graph.overflow
+    """
+    return (partial(allocate, cutoff=cutoff, capacity_multiplier=capacity_multiplier, method=method),
+            build)

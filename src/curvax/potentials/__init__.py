@@ -1,0 +1,15 @@
+"""Potentials: pytrees mapping bond vectors to per-atom energies.
+
+The contract (see `curvax.potentials.base.Potential`):
+
+    potential(r_ij, numbers, senders, receivers) -> per-atom energies E_i, shape (N,) [eV]
+
+with r_ij = x_j - x_i + S·cell (Å) for every edge (centre i = receivers, neighbour j = senders).
+Energies must go smoothly (or at least continuously) to zero at `potential.cutoff`.
+"""
+from curvax.potentials.base import Potential, check_species
+from curvax.potentials.lennard_jones import LennardJones
+from curvax.potentials.morse import Morse
+from curvax.potentials.nequix import NequixPotential, load_nequix
+
+__all__ = ["Potential", "check_species", "LennardJones", "Morse", "NequixPotential", "load_nequix"]

@@ -1,0 +1,57 @@
+"""The potential contract shared by analytic references and machine-learned models."""
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Potential(eqx.Module):
+    """Base class: an equinox Module (a pytree) whose floating leaves are its parameters.
+
+    Subclasses set the static fields and implement `__call__`:
+
+        __call__(r_ij (E,3) Å, numbers (N,) int, senders (E,), receivers (E,)) -> (N,) eV
+
+    cutoff:          interaction cutoff of one message-passing step [Å]
+    n_interactions:  number of message-passing steps (1 for pair potentials); the
+                     effective interaction range is n_interactions × cutoff
+    elements:        atomic numbers the potential knows (None: any)
+    """
+
+    cutoff: float = eqx.field(static=True)
+    n_interactions: int = eqx.field(static=True, default=1)
+    elements: tuple | None = eqx.field(static=True, default=None)
+
+    def __call__(self, r_ij, numbers, senders, receivers):
+        raise NotImplementedError
+
+    def astype(self, dtype):
+        """A copy with every floating-point parameter cast to `dtype` (e.g. jnp.float64 for FD tests)."""
+        return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, self)
+
+
+def check_species(potential: Potential, numbers, where: str = "structure") -> None:
+    """Raise ValueError naming the elements `potential` does not know."""
+    if potential.elements is None:
+        return
+    from ase.data import chemical_symbols
+
+    unknown = sorted(set(int(z) for z in np.asarray(numbers)) - set(potential.elements))
+    if unknown:
+        names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+        raise ValueError(f"{where}: element(s) {names} unknown to the model "
+                         f"{type(potential).__name__}")
+
+
+def pair_sum(pair_energy, receivers, n_atoms):
+    """Per-atom energies E_i = ½ Σ_j φ(r_ij) from per-edge pair energies (each pair is listed twice)."""
+    return 0.5 * jax.ops.segment_sum(pair_energy, receivers, num_segments=n_atoms)
+
+
+def safe_norm(r):
+    """|r| with a finite gradient at r = 0."""
+    r2 = jnp.sum(r * r, axis=-1)
+    safe = jnp.where(r2 > 0, r2, 1.0)
+    return jnp.where(r2 > 0, jnp.sqrt(safe), 0.0)

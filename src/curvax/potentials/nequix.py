@@ -1,0 +1,121 @@
+"""Adapter for Nequix models (`nequix` package, `.nqx` files).
+
+A `.nqx` file is one JSON line (the model config) followed by equinox-serialised leaves.
+`NequixPotential` wraps the loaded `nequix.model.Nequix` and maps atomic numbers to the
+model's species indices; energies come from `Nequix.node_energies(r_ij, species, senders,
+receivers)` (eV per atom; bond vectors in Å with the same r_ij = x_j − x_i + S·cell).
+
+Ref.: T. Koker, T. Smidt et al., Nequix: an E(3)-equivariant foundation potential trained
+on a budget (2025), https://github.com/atomicarchitects/nequix .
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from curvax.potentials.base import Potential
+
+# Published weights (downloaded only on explicit request by name; tests never use this).
+NEQUIX_URLS = {
+    "nequix-mp-1": "https://github.com/atomicarchitects/nequix/raw/7c2854de8e754b1a60274c7d9d2e014989ed632e/models/nequix-mp-1.nqx",
+    "nequix-mp-1-pft": "https://github.com/atomicarchitects/nequix/raw/7c2854de8e754b1a60274c7d9d2e014989ed632e/models/nequix-mp-1-pft.nqx",
+}
+
+
+class NequixPotential(Potential):
+    """Per-atom energies from a Nequix model. `model` is the trainable pytree."""
+
+    model: eqx.Module
+    config: dict = eqx.field(static=True)
+
+    def __init__(self, model, config):
+        self.model = model
+        self.config = _HashableDict(config)
+        self.cutoff = float(config["cutoff"])
+        self.n_interactions = int(config["n_layers"])
+        self.elements = tuple(int(z) for z in config["atomic_numbers"])
+
+    def species(self, numbers):
+        """Atomic numbers -> model species indices (unknown elements map to 0: call check_species first)."""
+        table = np.zeros(max(self.elements) + 1, dtype=np.int32)
+        table[list(self.elements)] = np.arange(len(self.elements), dtype=np.int32)
+        return jnp.asarray(table)[jnp.clip(numbers, 0, len(table) - 1)]
+
+    def __call__(self, r_ij, numbers, senders, receivers):
+        e = self.model.node_energies(r_ij, self.species(numbers), senders, receivers)
+        return e[:, 0].astype(r_ij.dtype)
+
+    def save(self, path) -> Path:
+        """Write a `.nqx` file that `load_nequix` and `nequix.model.load_model` both read (atomic)."""
+        from nequix.model import save_model
+
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        model = jax_tree_cast(self.model, jnp.float32)
+        save_model(str(tmp), model, dict(self.config))
+        os.replace(tmp, path)
+        return path
+
+
+class _HashableDict(dict):
+    def __hash__(self):
+        return hash(json.dumps(self, sort_keys=True, default=str))
+
+
+def jax_tree_cast(tree, dtype):
+    import jax
+
+    return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree)
+
+
+def resolve_model_path(name_or_path: str, download: bool = False) -> Path:
+    """A local `.nqx` path for a file path or a registered name.
+
+    Search order for a name: the path itself; `$CURVAX_MODEL_DIR/<name>.nqx`;
+    `~/.cache/curvax/models/<name>.nqx`; then (only if `download=True`) the published URL.
+    """
+    p = Path(name_or_path).expanduser()
+    if p.suffix == ".nqx" or os.sep in str(name_or_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"model file not found: {p}")
+        return p
+    dirs = [Path(d) for d in os.environ.get("CURVAX_MODEL_DIR", "").split(os.pathsep) if d]
+    dirs.append(Path("~/.cache/curvax/models").expanduser())
+    for d in dirs:
+        if (d / f"{name_or_path}.nqx").is_file():
+            return d / f"{name_or_path}.nqx"
+    if name_or_path not in NEQUIX_URLS:
+        raise FileNotFoundError(f"unknown model '{name_or_path}': not a file and not one of {sorted(NEQUIX_URLS)}")
+    if not download:
+        raise FileNotFoundError(
+            f"model '{name_or_path}' is not in {[str(d) for d in dirs]}; pass a path to the .nqx file, "
+            f"set CURVAX_MODEL_DIR, or allow download")
+    target = dirs[-1] / f"{name_or_path}.nqx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    urllib.request.urlretrieve(NEQUIX_URLS[name_or_path], target.with_suffix(".part"))
+    os.replace(target.with_suffix(".part"), target)
+    return target
+
+
+def load_nequix(name_or_path: str, dtype=None, download: bool = False) -> NequixPotential:
+    """Load a `.nqx` Nequix model (path or registered name) as a `NequixPotential`."""
+    from nequix.model import load_model
+
+    path = resolve_model_path(name_or_path, download=download)
+    with open(path, "rb") as f:
+        try:
+            config = json.loads(f.readline().decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not a Nequix .nqx file (first line is not a JSON config: {e})")
+    try:
+        model, config = load_model(str(path), kernel=False)
+    except Exception as e:  # truncated / incompatible weights
+        raise ValueError(f"{path}: could not read Nequix weights ({type(e).__name__}: {e})") from e
+    pot = NequixPotential(model, config)
+    return pot.astype(dtype) if dtype is not None else pot

@@ -1,0 +1,33 @@
+"""Shared fixtures. Tests run in float64 where they compare with finite differences or ASE."""
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+SHARED = Path(os.environ.get("CURVAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+NEQUIX_MP = SHARED / "models" / "nequix-mp-1.nqx"
+NEQUIX_MP_PFT = SHARED / "models" / "nequix-mp-1-pft.nqx"
+PHONONS = SHARED / "data" / "phonons"
+KAPPA = SHARED / "data" / "kappa"
+RELAX = SHARED / "data" / "relax"
+
+
+@pytest.fixture(scope="session")
+def nequix32():
+    """Nequix MP (float32, as shipped)."""
+    from curvax import load_nequix
+
+    if not NEQUIX_MP.is_file():
+        pytest.skip(f"{NEQUIX_MP} missing")
+    return load_nequix(str(NEQUIX_MP))
+
+
+@pytest.fixture(scope="session")
+def nequix64(nequix32):
+    """Nequix MP cast to float64 (for finite-difference checks)."""
+    import jax.numpy as jnp
+
+    return nequix32.astype(jnp.float64)
