@@ -1,0 +1,146 @@
+"""Neighbour list: same pairs as ase.neighborlist ("ijS"), overflow flags, jit rebuilds."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+from curvax import from_atoms
+from curvax.neighbors import allocate, build, edge_vectors
+
+
+def _pairs(graph):
+    """Set of (i, j, S) triples of the real edges."""
+    m = np.asarray(graph.mask)
+    i = np.asarray(graph.receivers)[m]
+    j = np.asarray(graph.senders)[m]
+    s = np.rint(np.asarray(graph.shifts)[m]).astype(int)
+    out = {(a, b, *c) for a, b, c in zip(i.tolist(), j.tolist(), s.tolist())}
+    assert len(out) == m.sum(), "duplicate edges"
+    return out
+
+
+def _ase_pairs(atoms, cutoff):
+    i, j, s = ase_neighbor_list("ijS", atoms, cutoff)
+    return {(a, b, *c) for a, b, c in zip(i.tolist(), j.tolist(), s.tolist())}
+
+
+def _triclinic(n_rep=(2, 2, 2), a=3.6, rattle=0.1, seed=0):
+    atoms = bulk("Cu", "fcc", a=a).repeat(n_rep)
+    atoms.set_cell(atoms.cell.array @ np.array([[1.0, 0.05, -0.08], [0.1, 0.95, 0.03], [0.0, -0.07, 1.1]]),
+                   scale_atoms=True)
+    atoms.rattle(rattle, seed=seed)
+    # move some atoms outside the cell: the list must handle unwrapped positions
+    atoms.positions[::3] += atoms.cell.array[0] * 1.0 - atoms.cell.array[2]
+    return atoms
+
+
+@pytest.mark.parametrize("n_rep,cutoff", [((1, 1, 1), 5.0),  # primitive cell ~2.5 Å: far below 2×cutoff
+                                          ((2, 1, 3), 4.5),
+                                          ((2, 2, 2), 3.0)])
+def test_brute_matches_ase(n_rep, cutoff):
+    atoms = _triclinic(n_rep)
+    system = from_atoms(atoms)
+    spec, graph = allocate(system, cutoff, method="brute")
+    assert not bool(graph.overflow)
+    assert _pairs(graph) == _ase_pairs(atoms, cutoff)
+    # bond vectors as ASE's D
+    r = np.asarray(edge_vectors(system.positions, system.cell, graph))[np.asarray(graph.mask)]
+    assert np.all(np.linalg.norm(r, axis=1) < cutoff)
+    i, j, d = ase_neighbor_list("ijD", atoms, cutoff)
+    np.testing.assert_allclose(np.sort(np.linalg.norm(r, axis=1)), np.sort(np.linalg.norm(d, axis=1)),
+                               atol=1e-10)
+
+
+def test_cells_and_brute_agree_large():
+    """1000+ atoms: the O(N) cell list gives exactly ASE's pairs (and the brute list's)."""
+    atoms = bulk("Ar", "fcc", a=5.26).repeat((7, 7, 6))  # 1176 atoms
+    atoms.set_cell(atoms.cell.array @ np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.05], [0.05, 0.0, 1.0]]),
+                   scale_atoms=True)
+    atoms.rattle(0.2, seed=1)
+    cutoff = 6.0
+    system = from_atoms(atoms)
+    spec_c, g_c = allocate(system, cutoff, method="cells")
+    spec_a, g_a = allocate(system, cutoff)  # auto picks cells here
+    assert spec_c.method == spec_a.method == "cells" and min(spec_c.bins) >= 3
+    assert not bool(g_c.overflow)
+    ref = _ase_pairs(atoms, cutoff)
+    assert _pairs(g_c) == ref
+    spec_b, g_b = allocate(system, cutoff, method="brute")
+    assert _pairs(g_b) == ref
+
+
+def test_overflow_when_capacity_too_small():
+    atoms = _triclinic((2, 2, 2))
+    system = from_atoms(atoms)
+    spec, graph = allocate(system, 4.0, method="brute")
+    n_true = int(graph.n_edges)
+    small = dataclasses.replace(spec, capacity=n_true - 1)
+    g = build(system, small)
+    assert bool(g.overflow)
+    exact = dataclasses.replace(spec, capacity=n_true)
+    g = build(system, exact)
+    assert not bool(g.overflow) and _pairs(g) == _ase_pairs(atoms, 4.0)
+
+
+def test_overflow_when_cell_shrinks():
+    """A spec allocated for a large cell must flag a compressed one (more images/ fewer bins needed)."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    system = from_atoms(atoms)
+    spec, graph = allocate(system, 4.0, capacity_multiplier=20.0, method="brute")
+    assert not bool(graph.overflow)
+    small = system._replace(positions=system.positions * 0.5, cell=system.cell * 0.5)  # 4/1.8 > 2 images
+    assert bool(build(small, spec).overflow)  # capacity suffices, but the image range does not
+    # cell list: bins must stay at least one cutoff wide
+    big = from_atoms(bulk("Ar", "fcc", a=5.26, cubic=True).repeat((4, 4, 4)))
+    spec, graph = allocate(big, 6.0, capacity_multiplier=3.0, method="cells")
+    assert not bool(graph.overflow) and spec.bins == (3, 3, 3)
+    shrunk = big._replace(positions=big.positions * 0.84, cell=big.cell * 0.84)  # bins 5.9 Å < cutoff
+    assert bool(build(shrunk, spec).overflow)
+    # bin overflow: all atoms crowded into one bin
+    crowded = big._replace(positions=big.positions * 0.2)
+    assert bool(build(crowded, spec).overflow)
+
+
+def test_jit_rebuild_follows_motion():
+    """`build` under jit with a static spec re-finds neighbours after atoms move."""
+    atoms = bulk("Ar", "fcc", a=5.26).repeat((6, 6, 6))
+    cutoff = 6.0
+    system = from_atoms(atoms)
+    spec, _ = allocate(system, cutoff, capacity_multiplier=1.5)
+    rebuild = jax.jit(build, static_argnums=1)
+    for seed in (3, 4):
+        moved = atoms.copy()
+        moved.rattle(0.3, seed=seed)
+        g = rebuild(from_atoms(moved), spec)
+        assert not bool(g.overflow)
+        assert _pairs(g) == _ase_pairs(moved, cutoff)
+    assert rebuild._cache_size() == 1  # one compile for all rebuilds
+
+
+def test_molecule_non_periodic():
+    atoms = molecule("CH3CH2OH")
+    assert not any(atoms.pbc)
+    cutoff = 2.0
+    system = from_atoms(atoms)
+    spec, graph = allocate(system, cutoff)
+    assert spec.method == "brute" and not bool(graph.overflow)
+    ref = _ase_pairs(atoms, cutoff)
+    assert _pairs(graph) == ref and all(p[2:] == (0, 0, 0) for p in ref)
+    # a molecule far from the origin and beyond any (zero) cell still works
+    far = Atoms(atoms.numbers, atoms.positions + 57.3, pbc=False)
+    assert _pairs(allocate(from_atoms(far), cutoff)[1]) == ref
+
+
+def test_padded_edges_are_long():
+    atoms = _triclinic((1, 1, 1))
+    system = from_atoms(atoms)
+    spec, graph = allocate(system, 3.0, capacity_multiplier=2.0)
+    pad = ~np.asarray(graph.mask)
+    assert pad.any()
+    r = np.asarray(edge_vectors(system.positions, system.cell, graph))
+    assert np.all(np.linalg.norm(r[pad], axis=1) > 100.0)
