@@ -1,0 +1,86 @@
+"""Fixed-shape batches of structures of different sizes (padding, so nothing recompiles).
+
+Each structure is padded to `n_atoms` atoms and `n_edges` edges: padded atoms get no
+edges (their energies are masked out), padded edges have `mask=False` (bond of 1000 Å).
+A batch is a `Batch` of arrays with a leading structure axis, evaluated with `jax.vmap`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from curvax import neighbors
+from curvax.neighbors import Graph
+from curvax.system import System
+
+
+class Structure(NamedTuple):
+    """One padded structure with optional labels (NaN where absent)."""
+
+    system: System
+    graph: Graph
+    node_mask: np.ndarray  # (n_atoms,) True for real atoms
+    energy: np.ndarray  # () eV
+    forces: np.ndarray  # (n_atoms, 3) eV/Å
+    stress: np.ndarray  # (6,) eV/Å³, Voigt, ASE sign
+
+
+Batch = Structure  # same fields with a leading batch axis
+
+
+def graph_of(system: System, cutoff: float, where: str = "structure") -> Graph:
+    """Host-side neighbour graph (no overflow possible: sized exactly)."""
+    _, graph = neighbors.allocate(system, cutoff, capacity_multiplier=1.0, min_capacity=1)
+    if bool(graph.overflow):
+        raise ValueError(f"{where}: neighbour list overflow while building the graph")
+    return graph
+
+
+def pad_structure(system: System, graph: Graph, n_atoms: int, n_edges: int,
+                  energy=np.nan, forces=None, stress=None) -> Structure:
+    """Pad one structure (and its labels) to `n_atoms` atoms and `n_edges` edges."""
+    n, e = system.positions.shape[0], int(np.sum(np.asarray(graph.mask)))
+    if n > n_atoms or e > n_edges:
+        raise ValueError(f"structure with {n} atoms / {e} edges exceeds the batch shape "
+                         f"({n_atoms} atoms / {n_edges} edges)")
+    dtype = np.asarray(system.positions).dtype
+    order = np.argsort(~np.asarray(graph.mask), kind="stable")[:e]  # real edges first
+
+    def pad(a, size, fill=0):
+        a = np.asarray(a)
+        out = np.full((size,) + a.shape[1:], fill, dtype=a.dtype)
+        out[: a.shape[0]] = a
+        return out
+
+    positions = pad(system.positions, n_atoms)
+    positions[n:] = np.asarray(system.positions).mean(0)  # irrelevant: padded atoms have no edges
+    numbers = pad(system.numbers, n_atoms, fill=int(np.asarray(system.numbers)[0]))
+    g = Graph(senders=pad(np.asarray(graph.senders)[order], n_edges),
+              receivers=pad(np.asarray(graph.receivers)[order], n_edges),
+              shifts=pad(np.asarray(graph.shifts)[order], n_edges),
+              mask=pad(np.ones(e, bool), n_edges, False), overflow=np.array(False))
+    forces = np.full((n, 3), np.nan) if forces is None else np.asarray(forces)
+    stress = np.full(6, np.nan) if stress is None else np.asarray(stress)
+    return Structure(System(positions, np.asarray(system.cell), numbers, system.pbc), g,
+                     pad(np.ones(n, bool), n_atoms, False), np.asarray(energy, dtype),
+                     pad(forces.astype(dtype), n_atoms, np.nan), stress.astype(dtype))
+
+
+def stack(structures: list[Structure]) -> Batch:
+    """Stack padded structures along a new leading axis (pbc must agree)."""
+    pbc = structures[0].system.pbc
+    if any(s.system.pbc != pbc for s in structures):
+        raise ValueError("all structures in a batch must share pbc")
+    arrays = [s._replace(system=s.system._replace(pbc=None)) for s in structures]
+    out = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *arrays)
+    return out._replace(system=out.system._replace(pbc=pbc))
+
+
+def take(batch: Batch, idx) -> Batch:
+    """Sub-batch by indices (host side)."""
+    pbc = batch.system.pbc
+    sub = jax.tree.map(lambda x: x[np.asarray(idx)], batch._replace(system=batch.system._replace(pbc=None)))
+    return sub._replace(system=sub.system._replace(pbc=pbc))
