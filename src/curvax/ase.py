@@ -5,7 +5,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import all_changes
 
-from curvax import calculator as _calc
+from curvax.calculator import compute as _compute
 from curvax.system import from_atoms
 
 
@@ -33,8 +33,8 @@ class Calculator(_AseCalculator):
             self._spec = None
         self._n = len(self.atoms)
         virials = "stresses" in properties
-        res, self._spec = _calc.compute(self.potential, system, stress=True, virials=virials,
-                                        spec=self._spec, capacity_multiplier=self.capacity_multiplier)
+        res, self._spec = _compute(self.potential, system, stress=True, virials=virials,
+                                   spec=self._spec, capacity_multiplier=self.capacity_multiplier)
         e = float(res["energy"])
         self.results = {"energy": e, "free_energy": e,
                         "energies": res["energies"].astype(np.float64),

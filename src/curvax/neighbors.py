@@ -196,6 +196,7 @@ def _geometry_overflow(cell, spec):
     return jnp.any(spacing / jnp.asarray(spec.bins) < spec.cutoff)
 
 
+@partial(jax.jit, static_argnums=1)
 def _count_pairs(system, spec):
     cell = _complete_cell(system.cell, spec.pbc)
     xw, _ = _wrap(system.positions, cell, spec.pbc)
