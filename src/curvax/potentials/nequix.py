@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -114,7 +115,9 @@ def load_nequix(name_or_path: str, dtype=None, download: bool = False) -> Nequix
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: not a Nequix .nqx file (first line is not a JSON config: {e})")
     try:
-        model, config = load_model(str(path), kernel=False)
+        # the template model must be float32 like the file, also when jax x64 is on
+        with jax.enable_x64(False):
+            model, config = load_model(str(path), kernel=False)
     except Exception as e:  # truncated / incompatible weights
         raise ValueError(f"{path}: could not read Nequix weights ({type(e).__name__}: {e})") from e
     pot = NequixPotential(model, config)
