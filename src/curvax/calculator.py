@@ -44,6 +44,7 @@ def calculator(potential, stress: bool = True, virials: bool = False,
 
     @eqx.filter_jit
     def calculate(system: System, state: NeighborState):
+        check_spec(potential, state.spec)  # static: checked once per compilation
         graph = neighbors.build(system, state.spec)
         res = derivatives.properties(potential, system, graph, stress=stress, virials=virials,
                                      stress_route=stress_route)
@@ -70,6 +71,9 @@ def compute(potential, system: System, stress: bool = True, virials: bool = Fals
     Pass the returned `spec` back to reuse the compiled function on similar structures.
     """
     check_species(potential, system.numbers)
+    check_positions(system)
+    if spec is not None:
+        check_spec(potential, spec)
     stress = stress and all(system.pbc)
     for _ in range(3):
         if spec is None:
@@ -77,5 +81,26 @@ def compute(potential, system: System, stress: bool = True, virials: bool = Fals
         res = _properties(potential, system, spec, stress, virials, stress_route)
         if not bool(res["overflow"]):
             return {k: np.asarray(v) for k, v in res.items() if k != "overflow"}, spec
-        spec = None
-    raise RuntimeError("neighbour list overflowed three times in a row")
+        last, spec = spec, None
+    raise RuntimeError(
+        f"neighbour list overflowed three times in a row (cutoff {last.cutoff} Å, capacity "
+        f"{last.capacity} edges, method {last.method}): the structure changes faster than "
+        f"re-allocation can follow; increase capacity_multiplier")
+
+
+def check_spec(potential, spec: NeighborSpec) -> None:
+    """Raise ValueError if a neighbour spec cannot hold the potential's interactions."""
+    if spec.cutoff < potential.cutoff:
+        raise ValueError(
+            f"neighbour list cutoff {spec.cutoff} Å (capacity {spec.capacity} edges) is smaller than "
+            f"the cutoff {potential.cutoff} Å of {type(potential).__name__}: pairs would be missed; "
+            f"allocate the list with the potential's cutoff")
+
+
+def check_positions(system: System) -> None:
+    """Raise ValueError naming the atoms whose positions (or the cell) are NaN/inf."""
+    bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(system.positions)), axis=1))
+    if bad.size:
+        raise ValueError(f"positions of atom(s) {bad[:10].tolist()} are NaN or inf")
+    if not np.all(np.isfinite(np.asarray(system.cell))):
+        raise ValueError("cell contains NaN or inf")
