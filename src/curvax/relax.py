@@ -420,24 +420,31 @@ relax_jit = eqx.filter_jit(relax)
 
 
 def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, fmax: float = 0.05,
-                  method: str = "fire", skin: float = 1.0, max_restarts: int = 5, chunk: int = 100,
+                  method: str = "fire", skin: float = 1.0, chunk: int = 100, progress=None,
                   **kwargs) -> tuple[list[System], dict]:
     """Host-side convenience: relax a list of `System`s one by one (no gradients).
 
-    Runs `chunk` steps at a time and re-allocates the graph between chunks (so atoms may move
-    arbitrarily far); stops at `fmax` or after `steps`. Returns (relaxed systems, info dict with
-    per-structure arrays "energy", "fmax", "n_steps", "converged").
+    Runs `chunk` steps at a time with the graph re-allocated at the start of each chunk (edges
+    padded to a fixed, growing capacity so that nothing recompiles); a chunk after which
+    `graph_ok` fails is re-run at half the length. Stops at `fmax` or after `steps`.
     FIRE's velocities restart at each chunk (as after an ASE restart).
+    Returns (relaxed systems, info with per-structure arrays "energy", "fmax", "n_steps",
+    "converged").
     """
     out, info = [], {"energy": [], "fmax": [], "n_steps": [], "converged": []}
     for k, s in enumerate(systems):
         check_species(potential, s.numbers, where=f"structure {k}")
-        done, cur, fm, e = 0, s, np.inf, np.nan
+        done, cur, fm, e, cap, n_chunk = 0, s, np.inf, np.nan, 0, chunk
         while done < steps:
-            n = min(chunk, steps - done)
-            batch = make_batch([cur], potential.cutoff, skin)
+            n = min(n_chunk, steps - done)
+            graph = batching.graph_of(cur, potential.cutoff + skin, where=f"structure {k}")
+            cap = max(cap, int(np.ceil(1.2 * int(np.sum(np.asarray(graph.mask))))) + 1)
+            batch = make_batch([cur], potential.cutoff, skin, n_edges=cap)
             res = relax_jit(potential, batch, cell=cell, method=method, steps=n, fmax=fmax, skin=skin,
                             **kwargs)
+            if not bool(res.graph_ok[0]) and n > 1:
+                n_chunk = max(1, n // 2)
+                continue
             cur = unbatch(res, batch, s.pbc)[0]
             done += int(res.n_steps[0])
             fm, e = float(res.fmax[0]), float(res.energy[0])
@@ -448,4 +455,6 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
         info["fmax"].append(fm)
         info["n_steps"].append(done)
         info["converged"].append(fm < fmax)
+        if progress is not None:
+            progress(k, info)
     return out, {k: np.asarray(v) for k, v in info.items()}
