@@ -172,6 +172,17 @@ def unfolding_overflow(system: System, unf: Unfolding):
     return jnp.max(d) > 0.5 * unf.skin
 
 
+def allocate_unfolded(potential, big: System, capacity_multiplier: float = 1.25):
+    """Neighbour spec of an unfolded system: the O(M) cell list in its vacuum box when it is large,
+    else the brute-force list *without* periodic images (the unfolded system is not periodic;
+    27 images would cost 27× for nothing)."""
+    spec, graph = neighbors.allocate(big, potential.cutoff, capacity_multiplier)
+    if spec.method == "brute":
+        spec, graph = neighbors.allocate(big._replace(pbc=(False, False, False)), potential.cutoff,
+                                         capacity_multiplier)
+    return spec, graph
+
+
 def _home_energies(potential, x, big: System, graph, n):
     r = edge_vectors(x, big.cell, graph)
     return potential(r, big.numbers, graph.senders, graph.receivers)[:n]
@@ -214,7 +225,7 @@ def hardy_flux(potential, system: System, velocities, masses, skin: float = 1.0,
     check_species(potential, system.numbers)
     unf = unfold(potential, system, skin=skin)
     big = unfolded_system(system, unf)
-    spec, graph = neighbors.allocate(big, potential.cutoff)
+    spec, graph = allocate_unfolded(potential, big)
     n = system.positions.shape[0]
     vb = velocities[unf.idx]
 
@@ -265,8 +276,7 @@ def heat_flux(potential, masses, route: str = "unfolded", skin: float = 0.5,
         def init(system):
             check_species(potential, system.numbers)
             unf = unfold(potential, system, skin)
-            spec, _ = neighbors.allocate(unfolded_system(system, unf), potential.cutoff,
-                                         capacity_multiplier)
+            spec, _ = allocate_unfolded(potential, unfolded_system(system, unf), capacity_multiplier)
             return spec, unf
 
         @eqx.filter_jit
