@@ -424,22 +424,24 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
                   **kwargs) -> tuple[list[System], dict]:
     """Host-side convenience: relax a list of `System`s one by one (no gradients).
 
-    Runs `chunk` steps at a time with the graph re-allocated at the start of each chunk (edges
-    padded to a fixed, growing capacity so that nothing recompiles); a chunk after which
+    Runs `chunk` steps at a time with the graph re-allocated at the start of each chunk (atoms
+    padded to the largest structure and edges to a shared, growing capacity, so that structures
+    of different sizes reuse one compiled relaxation); a chunk after which
     `graph_ok` fails is re-run at half the length. Stops at `fmax` or after `steps`.
     FIRE's velocities restart at each chunk (as after an ASE restart).
     Returns (relaxed systems, info with per-structure arrays "energy", "fmax", "n_steps",
     "converged").
     """
     out, info = [], {"energy": [], "fmax": [], "n_steps": [], "converged": []}
+    n_pad, cap = max(s.n_atoms for s in systems), 0
     for k, s in enumerate(systems):
         check_species(potential, s.numbers, where=f"structure {k}")
-        done, cur, fm, e, cap, n_chunk = 0, s, np.inf, np.nan, 0, chunk
+        done, cur, fm, e, n_chunk = 0, s, np.inf, np.nan, chunk
         while done < steps:
             n = min(n_chunk, steps - done)
             graph = batching.graph_of(cur, potential.cutoff + skin, where=f"structure {k}")
             cap = max(cap, int(np.ceil(1.2 * int(np.sum(np.asarray(graph.mask))))) + 1)
-            batch = make_batch([cur], potential.cutoff, skin, n_edges=cap)
+            batch = make_batch([cur], potential.cutoff, skin, n_atoms=n_pad, n_edges=cap)
             res = relax_jit(potential, batch, cell=cell, method=method, steps=n, fmax=fmax, skin=skin,
                             **kwargs)
             if not bool(res.graph_ok[0]) and n > 1:
