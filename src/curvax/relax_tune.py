@@ -86,7 +86,7 @@ def save_model(potential, path_stem: Path) -> Path:
 class RelaxTuneConfig:
     model: str  # .nqx path / registered name, or lj:sigma=..,epsilon=..,cutoff=..
     data: str  # pymatgen JSON(.gz) of DFT-relaxed crystals (perturbed here) or extxyz of pairs
-    workdir: str = "runs/relax-tune"
+    workdir: str = "runs/relax-tune"  # relative to the current directory
     max_atoms: int = 4  # skip larger DFT structures (JSON)
     limit: int | None = None  # read at most this many materials (JSON)
     n_perturbations: int = 1  # starting structures per material
@@ -133,7 +133,7 @@ class RelaxTuneConfig:
         for key in ("model", "data"):
             if key not in raw:
                 raise ValueError(f"{path}: '{key}' is required")
-        for key in ("model", "data", "workdir"):
+        for key in ("model", "data"):
             raw[key] = _relative_to(path.parent, str(raw[key]))
         cfg = RelaxTuneConfig(**raw)
         cfg.validate(path)

@@ -1,0 +1,97 @@
+"""Relaxation fine-tuning benchmark: memory and time of one training-step gradient
+dL/dθ (L = relaxation loss of `curvax.relax_loss` after a positions + cell FIRE relaxation)
+vs the number of unrolled steps, for plain BPTT, checkpointed BPTT and implicit differentiation.
+
+    .venv/bin/python benchmarks/bench_relax.py                       # LJ, defaults (CPU: ~minutes)
+    .venv/bin/python benchmarks/bench_relax.py --model ../shared/models/nequix-mp-1.nqx --repeat 2
+    .venv/bin/python benchmarks/bench_relax.py --steps 10 50 200 500 --reps 4 4 4
+
+Memory: XLA's compiled memory analysis of the jitted gradient
+(`jax.jit(f).lower(...).compile().memory_analysis()`: temporaries + outputs, bytes), i.e. the peak
+working set XLA plans for, independent of the allocator. Time: median wall time of `--repeat`
+calls after compilation. Prints a table and the ratios checkpoint/BPTT and implicit/BPTT.
+Structure: a rattled, strained fcc supercell (`--reps` conventional cells; LJ Ar-like σ = 1 by
+default, or Si diamond for a Nequix model), relaxed with fmax = 0 so every step is executed.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.build import bulk
+
+from curvax import from_atoms
+from curvax.relax import make_batch, relax
+from curvax.relax_loss import batch_loss
+from curvax.relax_tune import load_model, model_dtype
+
+
+def structures(model, reps, seed=0):
+    if model.startswith("lj"):
+        ref = bulk("Ar", "fcc", a=1.55, cubic=True).repeat(reps)
+    else:
+        ref = bulk("Si", "diamond", a=5.43, cubic=True).repeat(reps)
+    start = ref.copy()
+    rng = np.random.default_rng(seed)
+    start.set_cell(start.cell.array * 1.02, scale_atoms=True)
+    start.positions += rng.normal(0, 0.03, start.positions.shape)
+    return start, ref
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="lj:sigma=1.0,cutoff=2.5", help="lj:... spec or Nequix .nqx path")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 50, 200])
+    p.add_argument("--modes", nargs="+", default=["bptt", "checkpoint", "implicit"])
+    p.add_argument("--reps", type=int, nargs=3, default=[3, 3, 3], help="conventional cells (default 3 3 3)")
+    p.add_argument("--skin", type=float, default=0.5)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--x64", action="store_true")
+    args = p.parse_args(argv)
+    if args.x64:
+        jax.config.update("jax_enable_x64", True)
+    pot = load_model(args.model)
+    dtype = model_dtype(pot)
+    start, ref = structures(args.model, tuple(args.reps))
+    sb = make_batch([from_atoms(start, dtype=dtype)], pot.cutoff, args.skin)
+    rb = make_batch([from_atoms(ref, dtype=dtype)], pot.cutoff, args.skin)
+    params, static = eqx.partition(pot, eqx.is_inexact_array)
+    print(f"model {args.model}; {len(start)} atoms, {int(sb.graph.mask.sum())} edges; "
+          f"device {jax.devices()[0].platform}; positions + cell FIRE, fmax = 0")
+    print(f"{'steps':>6s} {'mode':>11s} {'memory [MiB]':>13s} {'time [s]':>10s} {'compile [s]':>12s} {'grad':>12s}")
+    table = {}
+    for n in args.steps:
+        for mode in args.modes:
+            def loss(prm, n=n, mode=mode):
+                r = relax(eqx.combine(prm, static), sb, cell=True, steps=n, fmax=0.0, grad_mode=mode,
+                          skin=args.skin, cg_tol=1e-6, cg_maxiter=200)
+                return batch_loss(r, rb.positions, rb.cell, rb.numbers, rb.atom_mask)
+
+            t0 = time.perf_counter()
+            compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+            t_compile = time.perf_counter() - t0
+            mem = compiled.memory_analysis()
+            mib = (mem.temp_size_in_bytes + mem.output_size_in_bytes) / 2 ** 20 if mem is not None else float("nan")
+            out = jax.block_until_ready(compiled(params))
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                out = jax.block_until_ready(compiled(params))
+                times.append(time.perf_counter() - t0)
+            g = float(jax.tree.leaves(out[1])[0].ravel()[0])
+            table[n, mode] = (mib, float(np.median(times)))
+            print(f"{n:6d} {mode:>11s} {mib:13.2f} {table[n, mode][1]:10.4f} {t_compile:12.1f} {g:12.5e}", flush=True)
+    if "bptt" in args.modes:
+        print("\nratios to plain BPTT (memory, time):")
+        for n in args.steps:
+            b = table[n, "bptt"]
+            print(f"  {n:4d} steps: " + ", ".join(f"{m} {table[n, m][0] / b[0]:.3f} / {table[n, m][1] / b[1]:.2f}"
+                                                 for m in args.modes if m != "bptt"))
+
+
+if __name__ == "__main__":
+    main()
