@@ -9,7 +9,7 @@ from ase.build import bulk
 from curvax import LennardJones, Morse, from_atoms
 from curvax.batch import graph_of, pad_structure
 from curvax.hessian import hessian
-from curvax.pft_loss import dense_hessian_loss, hessian_column_loss, hessian_probe_loss
+from curvax.pft_loss import dense_hessian_loss, hessian_column_loss, hessian_probe_loss, phonon_loss, EFSWeights
 
 
 def _structure(atoms, cutoff, n_atoms=None, n_edges=None):
@@ -74,3 +74,19 @@ def test_sampled_loss_is_zero_for_exact_target_and_ignores_padding():
     b = hessian_probe_loss(pot, sp, wrongp, vp)
     assert float(a) > 1e-4
     np.testing.assert_allclose(float(a), float(b), rtol=1e-12)
+
+
+def test_phonon_loss_forces_from_hvp_primal_equal_force_pass():
+    """The cheap route (forces from the HVP's primal) equals the full E/F/S route."""
+    pot = Morse(epsilon=0.3, r0=2.4, rho0=4.0, rcut1=1.6, rcut2=2.2)
+    atoms = bulk("Cu", "fcc", a=3.3) * (2, 1, 1)
+    atoms.rattle(0.08, seed=5)
+    s = _structure(atoms, pot.cutoff, n_atoms=len(atoms) + 1)
+    s = s._replace(forces=jnp.zeros_like(s.forces))  # DFT equilibrium label F* = 0, no E/σ labels
+    fc = jnp.zeros(s.system.positions.shape[:1] * 2 + (3, 3))
+    key = jax.random.PRNGKey(1)
+    cheap, t1 = phonon_loss(pot, s, fc, key, 100.0, EFSWeights(0.0, 20.0, 0.0))
+    full, t2 = phonon_loss(pot, s, fc, key, 100.0, EFSWeights(0.0, 20.0, 5.0))  # σ label NaN → 0
+    assert float(t1["forces"]) > 1e-3 and float(t1["hessian"]) > 1e-3
+    np.testing.assert_allclose(float(t1["forces"]), float(t2["forces"]), rtol=1e-12)
+    np.testing.assert_allclose(float(cheap), float(full), rtol=1e-12)

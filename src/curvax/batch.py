@@ -80,7 +80,7 @@ def stack(structures: list[Structure]) -> Batch:
 
 
 def take(batch: Batch, idx) -> Batch:
-    """Sub-batch by indices (host side)."""
+    """Sub-batch by indices (host side); an integer index gives one unbatched structure."""
     pbc = batch.system.pbc
     sub = jax.tree.map(lambda x: x[np.asarray(idx)], batch._replace(system=batch.system._replace(pbc=None)))
     return sub._replace(system=sub.system._replace(pbc=pbc))

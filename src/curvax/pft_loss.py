@@ -55,17 +55,22 @@ def sample_direction(key, node_mask, mode: str = "unit"):
 
 
 def structure_hvp(potential, s: Batch, v):
-    """H·v for one (padded) structure [eV/Å]."""
+    """(F, H·v) of one (padded) structure [eV/Å]: one jvp of the gradient, whose primal output
+    is −F, so the forces come for free with the HVP."""
     e = derivatives.position_energy_fn(potential, s.system, s.graph)
-    return jax.jvp(jax.grad(e), (s.system.positions,), (v.astype(s.system.positions.dtype),))[1]
+    g, hv = jax.jvp(jax.grad(e), (s.system.positions,), (v.astype(s.system.positions.dtype),))
+    return -g, hv
+
+
+def _probe_error(s: Batch, hv, fc, v, kind: str):
+    target = jnp.einsum("ijab,jb->ia", fc, v)
+    m = s.node_mask[:, None]
+    return jnp.sum(jnp.where(m, _err(hv - target, kind), 0.0)) / (3 * jnp.sum(s.node_mask))
 
 
 def hessian_probe_loss(potential, s: Batch, fc, v, kind: str = "mae"):
     """L_H of one structure for a given probe vector v (N, 3); fc: (N, N, 3, 3) padded."""
-    hv = structure_hvp(potential, s, v)
-    target = jnp.einsum("ijab,jb->ia", fc, v)
-    m = s.node_mask[:, None]
-    return jnp.sum(jnp.where(m, _err(hv - target, kind), 0.0)) / (3 * jnp.sum(s.node_mask))
+    return _probe_error(s, structure_hvp(potential, s, v)[1], fc, v, kind)
 
 
 def hessian_column_loss(potential, s: Batch, fc, key, mode: str = "unit", kind: str = "mae"):
@@ -84,14 +89,18 @@ def dense_hessian_loss(potential, s: Batch, fc, kind: str = "mse"):
     return jnp.sum(jnp.where(m, _err(h - fc, kind), 0.0)) / (3 * n_real) ** 2
 
 
+def _force_error(s: Batch, f, kind: str):
+    mask = s.node_mask[:, None] & ~jnp.isnan(s.forces)
+    return jnp.sum(jnp.where(mask, _err(f - jnp.nan_to_num(s.forces), kind), 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
 def efs_loss(potential, s: Batch, w: EFSWeights, kind: str = "mae"):
     """L_EFS of one (padded) structure and its per-term errors (MAE units: eV/atom, eV/Å, eV/Å³)."""
     _, ei, f, sigma = derivatives.energy_forces_stress(potential, s.system, s.graph)
     n = jnp.sum(s.node_mask)
     e = jnp.sum(jnp.where(s.node_mask, ei, 0.0))
     e_err = jnp.where(jnp.isnan(s.energy), 0.0, _err((e - jnp.nan_to_num(s.energy)) / n, kind))
-    fmask = s.node_mask[:, None] & ~jnp.isnan(s.forces)
-    f_err = jnp.sum(jnp.where(fmask, _err(f - jnp.nan_to_num(s.forces), kind), 0.0)) / jnp.maximum(jnp.sum(fmask), 1)
+    f_err = _force_error(s, f, kind)
     smask = ~jnp.isnan(s.stress)
     s_err = jnp.sum(jnp.where(smask, _err(derivatives.to_voigt(sigma) - jnp.nan_to_num(s.stress), kind), 0.0)) / jnp.maximum(jnp.sum(smask), 1)
     total = w.energy * e_err + w.forces * f_err + w.stress * s_err
@@ -104,11 +113,26 @@ def batch_efs_loss(potential, batch: Batch, w: EFSWeights, kind: str = "mae"):
     return jnp.mean(tot), {k: jnp.mean(v) for k, v in terms.items()}
 
 
+def phonon_loss(potential, s: Batch, fc, key, w_hessian: float, w: EFSWeights,
+                mode: str = "unit", kind: str = "mae"):
+    """w_H·L_H + L_EFS of one phonon structure. With w_E = w_S = 0 (the default: DFT phonon
+    supercells carry forces only) the force term uses the forces of the HVP's own primal pass,
+    so a phonon step costs one forward-over-reverse pass, not an extra force+stress pass."""
+    v = sample_direction(key, s.node_mask, mode).astype(fc.dtype)
+    f, hv = structure_hvp(potential, s, v)
+    lh = _probe_error(s, hv, fc, v, kind)
+    if w.energy or w.stress:
+        le, terms = efs_loss(potential, s, w, kind)
+    else:
+        terms = {"forces": _force_error(s, f, kind)}
+        le = w.forces * terms["forces"]
+    return w_hessian * lh + le, {"hessian": lh, **terms}
+
+
 def batch_phonon_loss(potential, batch: Batch, fc, key, w_hessian: float, w: EFSWeights,
                       mode: str = "unit", kind: str = "mae"):
-    """Mean over structures of w_H·L_H (one HVP each) + L_EFS (labels where present)."""
+    """Mean over structures of `phonon_loss` (one HVP each)."""
     keys = jax.random.split(key, fc.shape[0])
-    lh = eqx.filter_vmap(lambda s, f, k: hessian_column_loss(potential, s, f, k, mode, kind))(batch, fc, keys)
-    le, terms = batch_efs_loss(potential, batch, w, kind)
-    lh = jnp.mean(lh)
-    return w_hessian * lh + le, {"hessian": lh, **terms}
+    tot, terms = eqx.filter_vmap(
+        lambda s, f, k: phonon_loss(potential, s, f, k, w_hessian, w, mode, kind))(batch, fc, keys)
+    return jnp.mean(tot), {k: jnp.mean(v) for k, v in terms.items()}

@@ -119,6 +119,15 @@ def load_checkpoint(path, like: TrainState) -> tuple[TrainState, dict]:
     return state, meta
 
 
+def checkpoint_step(path) -> int:
+    """Number of `fit` steps recorded in a checkpoint (0 if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return int(json.loads(f.readline().decode()).get("step", 0))
+
+
 class MetricsLog:
     """Append-only CSV of per-step metrics; on resume, rows after the checkpoint are dropped."""
 
@@ -173,9 +182,10 @@ def fit(state: TrainState, static, step_fn: Callable, n_steps: int, workdir,
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = workdir / "checkpoint.eqx"
-    if ckpt.exists():
-        state, _ = load_checkpoint(ckpt, state)
-    start = int(state.step)
+    start = 0  # fit steps done; may differ from state.step (optimizer updates) when a step
+    if ckpt.exists():  # makes several updates, as PFT's phonon + k upstream updates
+        state, meta = load_checkpoint(ckpt, state)
+        start = int(meta.get("step", state.step))
     log = MetricsLog(workdir / "metrics.csv", resume_step=start)
     eval_log = MetricsLog(workdir / "eval.csv", resume_step=start)
     base_key = jax.random.PRNGKey(seed)
@@ -187,7 +197,7 @@ def fit(state: TrainState, static, step_fn: Callable, n_steps: int, workdir,
         row.update({k: float(v) for k, v in metrics.items()})
         log.write(row)
         bar.update(1)
-        bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4g}")
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("loss")})
         last = step + 1 == n_steps
         if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or last):
             eval_log.write({"step": step + 1, **{k: float(v) for k, v in eval_fn(state).items()}})

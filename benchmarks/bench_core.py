@@ -1,0 +1,162 @@
+"""Core benchmark: (1) overhead of curvax's derivative engine over the raw Nequix call,
+(2) O(N) scaling of the cell-list neighbour build.
+
+    .venv/bin/python benchmarks/bench_core.py                      # defaults (CPU: a few minutes)
+    .venv/bin/python benchmarks/bench_core.py --max-atoms 100000   # full 1k -> 100k sweep
+
+(1) forces of a Nequix model on one fixed graph, timed three ways (float32, jit, median of
+    `--repeat` calls after compilation):
+      raw      F = -∂/∂x Σ_i model.node_energies(r_ij(x), species, senders, receivers)
+      curvax   derivatives.properties(..., stress=False)  (energy, per-atom energies, forces)
+      curvax+σ derivatives.properties(..., stress=True)   (strain route: forces and stress)
+    and the ratios curvax/raw (target ~1).
+(2) neighbours.build (cell list, jit, graph already allocated) for fcc Ar supercells from
+    `--min-atoms` to `--max-atoms`; prints the times and the exponent b of t ∝ N^b (target ~1).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ase.build import bulk
+
+from curvax import derivatives, from_atoms, load_nequix
+from curvax.neighbors import allocate, build, edge_vectors
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "nequix-mp-1.nqx"
+
+
+def timeit(fn, *args, repeat=5):
+    """Median wall time [s] of fn(*args) after one warm-up (compile) call, and that first call's time."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    t_first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), t_first
+
+
+def timeit_interleaved(calls, repeat=5):
+    """{name: (median time, first-call time)} for {name: (fn, args)}, alternating the calls in each
+    round so that load from other processes affects all of them alike."""
+    first, times = {}, {k: [] for k in calls}
+    for k, (fn, args) in calls.items():
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        first[k] = time.perf_counter() - t0
+    for _ in range(repeat):
+        for k, (fn, args) in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[k].append(time.perf_counter() - t0)
+    return {k: (float(np.median(times[k])), first[k]) for k in calls}
+
+
+def supercell(n_atoms, symbol="Ar", crystal="fcc", a=5.26, cubic=True):
+    """A rattled cubic supercell with about n_atoms atoms."""
+    unit = bulk(symbol, crystal, a=a, cubic=cubic)
+    k = max(1, int(round((n_atoms / len(unit)) ** (1 / 3))))
+    atoms = unit.repeat((k, k, k))
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
+def bench_nequix(model_path, n_atoms, repeat):
+    pot = load_nequix(str(model_path))
+    atoms = supercell(n_atoms, "Si", "diamond", a=5.43)
+    system = from_atoms(atoms, dtype=jnp.float32)
+    _, graph = allocate(system, pot.cutoff)
+    species = pot.species(system.numbers)
+
+    @eqx.filter_jit
+    def raw_forces(model, positions, graph):
+        def e(x):
+            r = edge_vectors(x, system.cell, graph)
+            return jnp.sum(model.node_energies(r, species, graph.senders, graph.receivers))
+        return -jax.grad(e)(positions)
+
+    @eqx.filter_jit
+    def curvax_forces(pot, system, graph):
+        return derivatives.properties(pot, system, graph, stress=False)["forces"]
+
+    @eqx.filter_jit
+    def curvax_forces_stress(pot, system, graph):
+        res = derivatives.properties(pot, system, graph, stress=True)
+        return res["forces"], res["stress"]
+
+    @eqx.filter_jit
+    def curvax_forces_stress_edges(pot, system, graph):
+        res = derivatives.properties(pot, system, graph, stress=True, stress_route="edges")
+        return res["forces"], res["stress"]
+
+    calls = {"raw node_energies grad": (raw_forces, (pot.model, system.positions, graph)),
+             "curvax forces": (curvax_forces, (pot, system, graph)),
+             "curvax forces+stress (strain)": (curvax_forces_stress, (pot, system, graph)),
+             "curvax forces+stress (edges)": (curvax_forces_stress_edges, (pot, system, graph))}
+    t = timeit_interleaved(calls, repeat=repeat)
+    err = float(jnp.max(jnp.abs(raw_forces(pot.model, system.positions, graph)
+                                - curvax_forces(pot, system, graph))))
+    t_raw = t["raw node_energies grad"][0]
+    print(f"== Nequix forces: {len(atoms)} atoms Si, {int(graph.n_edges)} edges "
+          f"(capacity {graph.mask.shape[0]}), float32, {jax.default_backend()}, median of {repeat}")
+    for k, (tk, first) in t.items():
+        print(f"  {k:32s} {tk * 1e3:9.2f} ms  (first call {first:5.1f} s)   ratio to raw {tk / t_raw:5.2f}")
+    print(f"  max |F_curvax - F_raw| = {err:.2e} eV/Å")
+    t_cx = t["curvax forces"][0]
+    return t_cx / t_raw
+
+
+def bench_neighbors(min_atoms, max_atoms, points, cutoff, repeat):
+    sizes = np.unique(np.geomspace(min_atoms, max_atoms, points).astype(int))
+    print(f"== Neighbour list (cell list, jit build, cutoff {cutoff} Å, fcc Ar, {jax.default_backend()})")
+    print(f"  {'atoms':>8} {'edges':>10} {'bins':>12} {'allocate s':>11} {'build ms':>10} {'µs/atom':>8}")
+    ns, ts = [], []
+    for n in sizes:
+        atoms = supercell(n)
+        system = from_atoms(atoms, dtype=jnp.float32)
+        t0 = time.perf_counter()
+        spec, graph = allocate(system, cutoff, method="cells")
+        jax.block_until_ready(graph)
+        t_alloc = time.perf_counter() - t0
+        assert not bool(graph.overflow)
+        t, _ = timeit(build, system, spec, repeat=repeat)
+        ns.append(len(atoms))
+        ts.append(t)
+        print(f"  {len(atoms):8d} {int(graph.n_edges):10d} {str(spec.bins):>12} {t_alloc:11.2f} "
+              f"{t * 1e3:10.2f} {t / len(atoms) * 1e6:8.2f}")
+    if len(ns) >= 2:
+        b = np.polyfit(np.log(ns), np.log(ts), 1)[0]
+        print(f"  scaling exponent b (t ∝ N^b, fit over {ns[0]}..{ns[-1]} atoms) = {b:.2f}")
+        return b
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="Nequix .nqx file")
+    p.add_argument("--nequix-atoms", type=int, default=64, help="Si supercell size for the forces benchmark")
+    p.add_argument("--min-atoms", type=int, default=1000)
+    p.add_argument("--max-atoms", type=int, default=32000, help="largest cell (100000 for the full sweep)")
+    p.add_argument("--points", type=int, default=4, help="number of sizes in the neighbour sweep")
+    p.add_argument("--cutoff", type=float, default=6.0, help="neighbour cutoff [Å] (Nequix: 6)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--skip-nequix", action="store_true")
+    p.add_argument("--skip-neighbors", action="store_true")
+    args = p.parse_args(argv)
+    if not args.skip_nequix:
+        bench_nequix(args.model, args.nequix_atoms, args.repeat)
+    if not args.skip_neighbors:
+        bench_neighbors(args.min_atoms, args.max_atoms, args.points, args.cutoff, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

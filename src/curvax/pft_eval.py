@@ -1,0 +1,171 @@
+"""Evaluation of fine-tuned models against DFT: phonon properties, forgetting checks, tables.
+
+Phonons (MDR phonon benchmark protocol, Loew et al., npj Comput. Mater. 2025):
+    unrelaxed  FC2 of the model on the DFT supercell as given;
+    relaxed    relax the unit cell (positions + cell, ASE FIRE, `phonons.relax_atoms`), then FC2
+               on the DFT supercell matrix.
+Both take the DFT Born charges/ε∞ (NAC) where the data set has them, and report
+ν_max [THz], S, Cv [J/K/mol] and F [kJ/mol] at `temperature` and the model − DFT errors.
+
+Forgetting checks:
+    E/F/S errors on held-out upstream frames (eV/atom, eV/Å, eV/Å³; against the frames'
+    labels: DFT for real upstream files, the frozen base model for pseudo-labels);
+    relaxation errors on DFT-relaxed crystals started from perturbed structures
+    (mass-weighted RMS displacement [Å] and |V/V_DFT − 1|, `relax_loss`).
+"""
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from curvax import relax_loss
+from curvax.pft_loss import EFSWeights, batch_efs_loss
+from curvax.phonons import COMPARED, compare, phonon_properties
+
+_efs_mae = eqx.filter_jit(batch_efs_loss)
+
+PROPERTY_UNITS = {"max_frequency": "THz", "entropy": "J/K/mol", "free_energy": "kJ/mol",
+                  "heat_capacity": "J/K/mol"}
+
+
+def _model_phonopy(dft, atoms, potential):
+    """A phonopy object for `atoms` on the DFT supercell/primitive matrices with model FC2."""
+    from phonopy import Phonopy
+
+    from curvax.force_constants import atoms_to_phonopy, force_constants
+
+    ph = Phonopy(atoms_to_phonopy(atoms), supercell_matrix=dft.supercell_matrix,
+                 primitive_matrix=dft.primitive_matrix, symprec=dft.symmetry.tolerance, log_level=0)
+    if dft.nac_params is not None:
+        ph.nac_params = dft.nac_params
+    force_constants(ph, potential)
+    return ph
+
+
+def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10, 10),
+                protocols=("unrelaxed", "relaxed"), fmax: float = 5e-3, progress=print) -> list[dict]:
+    """One row per (material, protocol, model): properties, DFT values and errors (`compare`).
+
+    models: {label: potential}; datasets: paths for `phonon_data.load_phonopy_dataset`.
+    A relaxation that does not converge is reported in the row ("error") instead of aborting."""
+    from curvax.force_constants import phonopy_to_atoms
+    from curvax.phonon_data import dataset_name, load_phonopy_dataset
+    from curvax.phonons import relax_atoms
+
+    rows = []
+    for path in datasets:
+        dft = load_phonopy_dataset(path)
+        name = dataset_name(path)
+        ref = phonon_properties(dft, temperature, mesh)
+        unit = phonopy_to_atoms(dft.unitcell)
+        for protocol in protocols:
+            for label, pot in models.items():
+                row = {"material": name, "protocol": protocol, "model": label}
+                try:
+                    atoms = relax_atoms(unit, pot, fmax=fmax, steps=500) if protocol == "relaxed" else unit
+                    props = phonon_properties(_model_phonopy(dft, atoms, pot), temperature, mesh)
+                    row.update(compare(props, ref))
+                except ValueError as e:
+                    row["error"] = str(e)
+                rows.append(row)
+                if progress:
+                    progress(_row_line(row))
+    return rows
+
+
+def _row_line(row) -> str:
+    if "error" in row:
+        return f"{row['material']:>10} {row['protocol']:>9} {row['model']:>12}  failed: {row['error']}"
+    return (f"{row['material']:>10} {row['protocol']:>9} {row['model']:>12}  " + "  ".join(
+        f"{k}={row[k]['model']:.3f} (DFT {row[k]['dft']:.3f})" for k in COMPARED))
+
+
+def phonon_summary(rows: list[dict]) -> dict:
+    """{(protocol, model): {property: MAE over materials, "n": materials, "n_failed": failures}}."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["protocol"], r["model"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        out[key] = {k: float(np.mean([r[k]["abs_error"] for r in ok])) if ok else float("nan") for k in COMPARED}
+        out[key].update(n=len(ok), n_failed=len(rs) - len(ok))
+    return out
+
+
+def efs_errors(models: dict, batch) -> dict:
+    """{label: {"energy": eV/atom, "forces": eV/Å, "stress": eV/Å³}} MAE against `batch` labels."""
+    return {label: {k: float(v) for k, v in _efs_mae(pot, batch, EFSWeights())[1].items()}
+            for label, pot in models.items()}
+
+
+def relaxation_errors(models: dict, pairs, steps: int = 300, fmax: float = 0.02) -> dict:
+    """{label: {"rms_displacement" Å, "volume_error" |ΔV/V|, "n_steps", "converged"}} means over
+    `pairs` (`relax_data.RelaxPair`: perturbed start → DFT relaxed), positions + cell."""
+    from curvax.relax import relax_systems
+    from curvax.system import from_atoms
+
+    starts = [from_atoms(p.initial) for p in pairs]
+    out = {}
+    for label, pot in models.items():
+        relaxed, info = relax_systems(pot, starts, cell=True, steps=steps, fmax=fmax)
+        d, v = [], []
+        for s, p in zip(relaxed, pairs):
+            ref = p.final
+            args = tuple(map(jnp.asarray, (s.positions, s.cell, ref.positions, ref.cell.array)))
+            d.append(float(relax_loss.rms_displacement(*args, ref.numbers, jnp.ones(len(ref), bool))))
+            v.append(abs(float(relax_loss.volume_error(args[1], args[3]))))
+        out[label] = {"rms_displacement": float(np.mean(d)), "volume_error": float(np.mean(v)),
+                      "n_steps": float(np.mean(info["n_steps"])), "converged": float(np.mean(info["converged"]))}
+    return out
+
+
+def format_report(summary: dict, efs: dict | None = None, relax: dict | None = None,
+                  temperature: float = 300.0) -> str:
+    """Plain-text before/after tables."""
+    lines = [f"Phonon property MAE vs DFT on held-out materials (T = {temperature:g} K)",
+             f"{'protocol':<10}{'model':<14}{'n':>3}" + "".join(
+                 f"{k + ' [' + PROPERTY_UNITS[k] + ']':>26}" for k in COMPARED)]
+    for (protocol, model), d in summary.items():
+        failed = f"  ({d['n_failed']} failed)" if d["n_failed"] else ""
+        lines.append(f"{protocol:<10}{model:<14}{d['n']:>3}" + "".join(f"{d[k]:>26.4f}" for k in COMPARED) + failed)
+    if efs:
+        lines += ["", "Forgetting: E/F/S MAE on held-out upstream frames",
+                  f"{'model':<14}{'E [meV/atom]':>14}{'F [meV/Å]':>12}{'σ [meV/Å³]':>12}"]
+        lines += [f"{m:<14}{1e3 * d['energy']:>14.2f}{1e3 * d['forces']:>12.2f}{1e3 * d['stress']:>12.3f}"
+                  for m, d in efs.items()]
+    if relax:
+        lines += ["", "Forgetting: relaxation of perturbed DFT-relaxed crystals",
+                  f"{'model':<14}{'RMSD [Å]':>10}{'|ΔV/V|':>10}{'steps':>8}{'converged':>11}"]
+        lines += [f"{m:<14}{d['rms_displacement']:>10.4f}{d['volume_error']:>10.4f}{d['n_steps']:>8.0f}"
+                  f"{d['converged']:>11.2f}" for m, d in relax.items()]
+    return "\n".join(lines)
+
+
+def plot_report(rows: list[dict], filename) -> None:
+    """PNG: per material, |model − DFT| of each property, one bar per model (relaxed and
+    unrelaxed protocols side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    materials = sorted({r["material"] for r in ok})
+    series = sorted({(r["protocol"], r["model"]) for r in ok}, key=lambda s: (s[0], s[1]))
+    fig, axes = plt.subplots(1, len(COMPARED), figsize=(4 * len(COMPARED), 3.6))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(materials))
+    for ax, prop in zip(axes, COMPARED):
+        for k, (protocol, model) in enumerate(series):
+            vals = [next((r[prop]["abs_error"] for r in ok if r["material"] == m and r["protocol"] == protocol
+                          and r["model"] == model), np.nan) for m in materials]
+            ax.bar(x + k * width, vals, width, label=f"{model} ({protocol})",
+                   hatch="//" if protocol == "unrelaxed" else None)
+        ax.set_xticks(x + 0.4 - width / 2, materials, rotation=45)
+        ax.set_title(f"|Δ {prop}| [{PROPERTY_UNITS[prop]}]", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)
