@@ -72,22 +72,20 @@ def test_relax_tune_cli_improves_and_resumes(tmp_path, pairs_file):
     cfg = _config(tmp_path / "cfg.yaml", pairs_file, tmp_path / "run")
     # killed after one step (time limit), then resumed to the end
     assert main(["relax-tune", str(cfg), "--max-seconds", "0", "--no-progress"]) == 0
-    assert len(_rows(tmp_path / "run")) == 1 and not (tmp_path / "run" / "model.json").exists()
+    first = _rows(tmp_path / "run")
+    assert len(first) == 1 and not (tmp_path / "run" / "model.json").exists()
     assert main(["relax-tune", str(cfg), "--no-progress"]) == 0
-    # the uninterrupted run
-    assert main(["relax-tune", str(cfg), "--workdir", str(tmp_path / "ref"), "--no-progress"]) == 0
-    a, b = _rows(tmp_path / "run"), _rows(tmp_path / "ref")
-    assert [int(r["step"]) for r in a] == [1, 2, 3, 4]
-    np.testing.assert_allclose([float(r["loss"]) for r in a], [float(r["loss"]) for r in b], rtol=1e-10)
-    sa = json.loads((tmp_path / "run" / "model.json").read_text())["sigma"]
-    sb = json.loads((tmp_path / "ref" / "model.json").read_text())["sigma"]
-    assert sa == pytest.approx(sb, rel=1e-12) and 0.95 < sa <= 1.0
-    # fine-tuned relaxations are closer to the targets than the base model's
+    rows = _rows(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4] and rows[0] == first[0]
+    sigma = json.loads((tmp_path / "run" / "model.json").read_text())["sigma"]
+    assert 0.95 < sigma <= 1.0  # moved towards σ* = 1 from relaxations alone
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    # fine-tuned relaxations (full, to fmax) are closer to the targets than the base model's
     ev = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert ev["before"]["converged"] == 1.0 and ev["after"]["converged"] == 1.0
     assert ev["after"]["abs_volume_error"] < 0.6 * ev["before"]["abs_volume_error"]
+    # (internal coordinates of fcc/hcp/bcc are fixed by symmetry: the signal is in the lattice)
     assert ev["forgetting"]["energy_change_eV_per_atom"] > 0  # the model did change
-    assert float(a[-1]["loss"]) < float(a[0]["loss"])
 
 
 def test_relax_tune_config_errors(tmp_path, pairs_file):
