@@ -419,6 +419,18 @@ def relax(potential, batch: RelaxBatch, *, cell: bool = False, method: str = "fi
 relax_jit = eqx.filter_jit(relax)
 
 
+@eqx.filter_jit
+def evaluate_batch(potential, batch: RelaxBatch) -> Evaluation:
+    """`evaluate` (energy [eV], forces [eV/Å], stress [eV/Å³], generalized forces with the cell
+    DOF) at the unrelaxed positions of every structure of `batch` (one compile per batch shape)."""
+    cf = jnp.maximum(batch.n_atoms, 1).astype(batch.positions.dtype)
+
+    def one(y, c, nu, g, m, f):
+        return evaluate(potential, Coords(y, jnp.zeros((3, 3), y.dtype)), c, nu, g, m, True, f)
+
+    return jax.vmap(one)(batch.positions, batch.cell, batch.numbers, batch.graph, batch.atom_mask, cf)
+
+
 def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, fmax: float = 0.05,
                   method: str = "fire", skin: float = 1.0, chunk: int = 100, progress=None,
                   **kwargs) -> tuple[list[System], dict]:
@@ -433,7 +445,9 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
     "converged").
     """
     out, info = [], {"energy": [], "fmax": [], "n_steps": [], "converged": []}
-    n_pad, cap = max(s.n_atoms for s in systems), 0
+    n_pad = max(s.n_atoms for s in systems)
+    cap = max(int(np.ceil(1.2 * int(np.sum(np.asarray(batching.graph_of(
+        s, potential.cutoff + skin, where=f"structure {k}").mask))))) + 1 for k, s in enumerate(systems))
     for k, s in enumerate(systems):
         check_species(potential, s.numbers, where=f"structure {k}")
         done, cur, fm, e, n_chunk = 0, s, np.inf, np.nan, chunk

@@ -37,7 +37,7 @@ import yaml
 
 from curvax import relax_data, training
 from curvax.potentials.base import check_species
-from curvax.relax import Coords, RelaxBatch, evaluate, make_batch, relax
+from curvax.relax import RelaxBatch, evaluate_batch, make_batch, relax
 from curvax.relax_loss import LossWeights, batch_loss, rms_displacement, volume_error
 from curvax.system import from_atoms
 
@@ -253,15 +253,9 @@ def evaluate_relaxations(potential, pairs: PairSet, cfg: RelaxTuneConfig, ids=No
                               "volume_error": dv.tolist(), "steps": n.tolist(), "converged": conv.tolist()}}
 
 
-@eqx.filter_jit
 def _energies_forces(potential, batch: RelaxBatch):
-    cf = jnp.maximum(batch.n_atoms, 1).astype(batch.positions.dtype)
-
-    def one(y, c, nu, g, m, f):
-        ev = evaluate(potential, Coords(y, jnp.zeros((3, 3), y.dtype)), c, nu, g, m, False, f)
-        return ev.energy, ev.forces
-
-    return jax.vmap(one)(batch.positions, batch.cell, batch.numbers, batch.graph, batch.atom_mask, cf)
+    ev = evaluate_batch(potential, batch)
+    return ev.energy, ev.forces
 
 
 def forgetting(base, tuned, pairs: PairSet) -> dict:

@@ -58,8 +58,7 @@ def run(args) -> int:
     from ase.calculators.singlepoint import SinglePointCalculator
     from tqdm.auto import tqdm
 
-    from curvax.calculator import compute
-    from curvax.relax import relax_systems
+    from curvax.relax import evaluate_batch, make_batch, relax_systems
     from curvax.relax_tune import load_model, model_dtype
     from curvax.system import from_atoms
 
@@ -75,15 +74,18 @@ def run(args) -> int:
                                   progress=lambda k, i: bar.update(1))
     bar.close()
     wall = time.perf_counter() - t0
+    n_pad = max(s.n_atoms for s in relaxed)
+    final = evaluate_batch(pot, make_batch(relaxed, pot.cutoff, args.skin, n_atoms=n_pad))
     frames = []
     print(f"{'structure':40s} {'atoms':>5s} {'E [eV]':>14s} {'fmax':>9s} {'steps':>6s} {'V/V0':>8s}  conv")
     for k, ((label, a), s) in enumerate(zip(structures, relaxed)):
         b = a.copy()
         b.positions = np.asarray(s.positions, dtype=np.float64)
         b.set_cell(np.asarray(s.cell, dtype=np.float64))
-        res, _ = compute(pot, s)
-        b.calc = SinglePointCalculator(b, energy=float(res["energy"]), forces=np.asarray(res["forces"], float),
-                                       stress=np.asarray(res["stress"], float) if "stress" in res else None)
+        stress = np.asarray(final.stress[k], float)
+        b.calc = SinglePointCalculator(b, energy=float(final.energy[k]),
+                                       forces=np.asarray(final.forces[k, :len(b)], float),
+                                       stress=stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]])
         b.info.update(fmax=float(info["fmax"][k]), n_steps=int(info["n_steps"][k]),
                       converged=bool(info["converged"][k]), source=label)
         frames.append(b)
