@@ -1,0 +1,150 @@
+"""`curvax phonons STRUCTURE --model M`: harmonic phonons of an MLIP with exact AD force
+constants (see `curvax.force_constants`), optionally after relaxation and compared with DFT.
+
+STRUCTURE is a unit cell in any ASE-readable format or a phonopy yaml (its unit cell, supercell
+and primitive matrices are used). With --compare-dft (a DFT set: directory, phonopy_disp.yaml
+[FORCE_SETS], params yaml or POSCAR_<sg>) the DFT supercell and primitive matrices are used
+for the model too (MDR benchmark protocol). Writes to --out: phonopy_model.yaml (with force
+constants), properties.txt and properties.json (max frequency, F, S, Cv at T; model − DFT
+errors), bands_dos.png (model vs DFT overlaid).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("phonons", help="harmonic phonons with AD force constants",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("structure", help="unit cell (ASE-readable) or phonopy yaml")
+    p.add_argument("--model", required=True, help="Nequix .nqx path or registered model name")
+    p.add_argument("--supercell", type=int, nargs="+", default=None, metavar="N",
+                   help="3 or 9 integers (default: from the DFT set / phonopy yaml, else 2 2 2)")
+    p.add_argument("--primitive", default=None, help="primitive matrix: auto|P|F|I|... (default auto)")
+    p.add_argument("--relax", action="store_true", help="relax positions and cell first (FIRE)")
+    p.add_argument("--fmax", type=float, default=1e-3, help="relaxation threshold [eV/Å]")
+    p.add_argument("--compare-dft", nargs="+", default=None, metavar="PATH",
+                   help="DFT set: DIR | phonopy_disp.yaml [FORCE_SETS] | params yaml | POSCAR_<sg>")
+    p.add_argument("--mesh", type=float, nargs="+", default=None,
+                   help="q mesh: a length [Å] or 3 integers (default 50 Å)")
+    p.add_argument("--temperature", type=float, default=300.0, help="T for F, S, Cv [K]")
+    p.add_argument("--chunk", type=int, default=16, help="HVPs evaluated together")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--out", default="phonons_out", help="output directory")
+    p.set_defaults(func=run)
+
+
+def _supercell_matrix(values):
+    if values is None:
+        return None
+    if len(values) == 3:
+        return np.diag(values)
+    if len(values) == 9:
+        return np.asarray(values, dtype=int).reshape(3, 3)
+    raise ValueError(f"--supercell takes 3 or 9 integers, got {len(values)}")
+
+
+def _load_dft(paths):
+    from curvax.phonon_data import load_phonopy_dataset
+
+    first = Path(paths[0])
+    if len(paths) == 2:  # phonopy_disp.yaml FORCE_SETS given explicitly
+        import phonopy
+
+        disp, forces = first, Path(paths[1])
+        for f in (disp, forces):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f}: no such file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ph = phonopy.load(str(disp), force_sets_filename=str(forces), is_compact_fc=False,
+                              born_filename=str(disp.parent / "BORN") if (disp.parent / "BORN").is_file() else None,
+                              log_level=0)
+        if not np.all(np.isfinite(ph.force_constants)):
+            raise ValueError(f"{forces}: non-finite force constants")
+        return ph
+    if len(paths) > 2:
+        raise ValueError("--compare-dft takes one path or phonopy_disp.yaml FORCE_SETS")
+    return load_phonopy_dataset(first)
+
+
+def _read_structure(path: Path):
+    """(ase.Atoms unit cell, supercell matrix or None, primitive matrix or None)."""
+    if not path.exists():
+        raise FileNotFoundError(f"structure file not found: {path}")
+    name = path.name
+    if name.endswith((".yaml", ".yaml.xz")) and "phonopy" in name:
+        import phonopy
+
+        from curvax.force_constants import phonopy_to_atoms
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ph = phonopy.load(str(path), produce_fc=False, log_level=0)
+        return phonopy_to_atoms(ph.unitcell), ph.supercell_matrix, ph.primitive_matrix
+    import ase.io
+
+    try:
+        atoms = ase.io.read(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot read structure ({type(e).__name__}: {e})") from e
+    if not atoms.pbc.all():
+        raise ValueError(f"{path}: phonons need a periodic crystal (pbc = {atoms.pbc.tolist()})")
+    return atoms, None, None
+
+
+def run(args) -> int:
+    from phonopy import Phonopy
+
+    from curvax.force_constants import atoms_to_phonopy, force_constants
+    from curvax.phonons import (DEFAULT_MESH, compare, load_potential, phonon_properties,
+                                plot_bands_dos, relax_atoms, write_properties)
+    from curvax.potentials import check_species
+
+    out = Path(args.out)
+    atoms, smat, pmat = _read_structure(Path(args.structure))
+    dft = _load_dft(args.compare_dft) if args.compare_dft else None
+    if dft is not None:
+        smat, pmat = dft.supercell_matrix, dft.primitive_matrix
+    if args.supercell is not None:
+        smat = _supercell_matrix(args.supercell)
+    if smat is None:
+        smat = np.diag([2, 2, 2])
+    if args.primitive is not None:
+        pmat = args.primitive
+    mesh = DEFAULT_MESH if args.mesh is None else (args.mesh[0] if len(args.mesh) == 1 else [int(m) for m in args.mesh])
+
+    pot = load_potential(args.model)
+    check_species(pot, atoms.numbers, where=str(args.structure))
+    t0 = time.perf_counter()
+    if args.relax:
+        atoms = relax_atoms(atoms, pot, fmax=args.fmax)
+        print(f"relaxed in {time.perf_counter() - t0:.1f} s: cell lengths {np.round(atoms.cell.lengths(), 4).tolist()} Å")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
+        phonon = Phonopy(atoms_to_phonopy(atoms), supercell_matrix=smat,
+                         primitive_matrix="auto" if pmat is None else pmat, log_level=0)
+    t1 = time.perf_counter()
+    res = force_constants(phonon, pot, chunk=args.chunk)
+    print(f"FC2 by AD: {res.n_atoms}-atom supercell, {res.n_hvp} HVPs, {time.perf_counter() - t1:.1f} s")
+
+    out.mkdir(parents=True, exist_ok=True)
+    phonon.save(str(out / "phonopy_model.yaml"), settings={"force_constants": True})
+    props = {"model": phonon_properties(phonon, args.temperature, mesh)}
+    errors = None
+    if dft is not None:
+        props["dft"] = phonon_properties(dft, args.temperature, mesh)
+        errors = compare(props["model"], props["dft"])
+    write_properties(props, errors, out)
+    print((out / "properties.txt").read_text(), end="")
+    if not args.no_plot:
+        phonons = {"model": phonon} if dft is None else {"DFT": dft, "model": phonon}
+        plot_bands_dos(phonons, out / "bands_dos.png", mesh=mesh, title=Path(args.structure).name)
+    print(f"wrote {out}/phonopy_model.yaml, properties.txt, properties.json"
+          + ("" if args.no_plot else ", bands_dos.png"))
+    return 0
+
