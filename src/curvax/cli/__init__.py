@@ -8,6 +8,12 @@ import sys
 
 # one line per sub-command module
 COMMANDS = (
+    "relax",
+    "relax_tune",
+    "phonons",
+    "kappa",
+    "gk",
+    "finetune",
 )
 
 
