@@ -27,7 +27,8 @@ from ase.build import bulk
 from curvax import from_atoms
 from curvax.relax import make_batch, relax
 from curvax.relax_loss import batch_loss
-from curvax.relax_tune import load_model, model_dtype
+from curvax.potentials.base import parameter_dtype
+from curvax.relax_tune import load_model
 
 
 def structures(model, reps, seed=0):
@@ -55,7 +56,7 @@ def main(argv=None):
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     pot = load_model(args.model)
-    dtype = model_dtype(pot)
+    dtype = parameter_dtype(pot)
     start, ref = structures(args.model, tuple(args.reps))
     sb = make_batch([from_atoms(start, dtype=dtype)], pot.cutoff, args.skin)
     rb = make_batch([from_atoms(ref, dtype=dtype)], pot.cutoff, args.skin)

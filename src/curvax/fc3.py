@@ -35,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvax.derivatives import position_energy_fn
+from curvax.force_constants import phonopy_to_atoms
 from curvax.neighbors import allocate
-from curvax.potentials.base import check_species
+from curvax.potentials.base import check_species, parameter_dtype
 from curvax.system import from_atoms
 
 EV_A3 = "eV/Å³"
@@ -49,24 +50,10 @@ class FC3Result(NamedTuple):
     n_hvp: int  # HVPs for FC2
 
 
-def phonopy_cell_to_atoms(cell):
-    """`PhonopyAtoms` -> periodic `ase.Atoms` (same order, masses kept)."""
-    from ase import Atoms
-
-    return Atoms(symbols=list(cell.symbols), cell=np.asarray(cell.cell),
-                 scaled_positions=np.asarray(cell.scaled_positions), masses=np.asarray(cell.masses),
-                 pbc=True)
-
-
-def _potential_dtype(potential):
-    leaves = jax.tree_util.tree_leaves(eqx.filter(potential, eqx.is_inexact_array))
-    return leaves[0].dtype if leaves else jnp.zeros(()).dtype
-
-
 def _setup(potential, cell):
-    atoms = phonopy_cell_to_atoms(cell)
+    atoms = phonopy_to_atoms(cell)
     check_species(potential, atoms.numbers, where="phono3py supercell")
-    system = from_atoms(atoms, dtype=_potential_dtype(potential))
+    system = from_atoms(atoms, dtype=parameter_dtype(potential))
     _, graph = allocate(system, potential.cutoff)
     return system, graph
 
@@ -190,7 +177,7 @@ def finite_displacement_fc3(ph3, potential, distance: float = 0.03, is_plusminus
     work.generate_displacements(distance=distance, is_plusminus=is_plusminus)
     forces = []
     for sc in work.supercells_with_displacements:
-        system = from_atoms(phonopy_cell_to_atoms(sc), dtype=_potential_dtype(potential))
+        system = from_atoms(phonopy_to_atoms(sc), dtype=parameter_dtype(potential))
         res, _ = compute(potential, system)
         forces.append(np.asarray(res["forces"], np.float64))
     work.forces = np.array(forces)

@@ -188,15 +188,6 @@ def pseudo_label_pool(cfg: FinetuneConfig, potential) -> tuple[list, list]:
     return [r for r in pool if r.material_id in train], [r for r in pool if r.material_id in test]
 
 
-def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Indices of the batch used at `step`: epoch-wise permutations, a pure function of step."""
-    batch_size = min(batch_size, n_items)
-    per_epoch = max(n_items // batch_size, 1)
-    epoch, pos = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
-    return perm[pos * batch_size: (pos + 1) * batch_size]
-
-
 def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimizer):
     """The composite (phonon + k upstream) step `(state, static, step, key) -> (state, metrics)`."""
     w_ph = EFSWeights(*cfg.w_phonon_efs)
@@ -215,13 +206,13 @@ def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimi
     n_up = upstream.energy.shape[0]
 
     def step_fn(state, static, step, key):
-        idx = batch_indices(fc.shape[0], cfg.phonon_batch_size, step, cfg.seed)
+        idx = training.batch_indices(fc.shape[0], cfg.phonon_batch_size, step, cfg.seed)
         state, m = ph_update(state, static, (batching.take(phonon, idx), fc[idx]), key)
         metrics = {f"phonon_{k}": v for k, v in m.items()}
         k_up = cfg.upstream_steps_per_phonon_step
         for j in range(k_up):
             sub = step * k_up + j
-            uidx = batch_indices(n_up, cfg.upstream_batch_size, sub, cfg.seed + 1)
+            uidx = training.batch_indices(n_up, cfg.upstream_batch_size, sub, cfg.seed + 1)
             state, mu = up_update(state, static, batching.take(upstream, uidx), jax.random.fold_in(key, j + 1))
             for k, v in mu.items():
                 metrics[f"upstream_{k}"] = metrics.get(f"upstream_{k}", 0.0) + v / k_up

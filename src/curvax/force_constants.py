@@ -26,6 +26,7 @@ import numpy as np
 
 from curvax.hessian import hessian, hessian_columns
 from curvax.neighbors import allocate
+from curvax.potentials.base import parameter_dtype
 from curvax.system import from_atoms
 
 __all__ = [
@@ -62,17 +63,10 @@ def atoms_to_phonopy(atoms):
 
 def _supercell_system(phonon, potential, dtype=None):
     atoms = phonopy_to_atoms(phonon.supercell)
-    dtype = dtype or _potential_dtype(potential)
+    dtype = dtype or parameter_dtype(potential)
     system = from_atoms(atoms, dtype=dtype)
     _, graph = allocate(system, potential.cutoff)
     return system, graph
-
-
-def _potential_dtype(potential):
-    import jax
-
-    leaves = [x for x in jax.tree_util.tree_leaves(eqx.filter(potential, eqx.is_inexact_array))]
-    return leaves[0].dtype if leaves else jnp.zeros(()).dtype
 
 
 @eqx.filter_jit

@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from curvax import relax_data, training
-from curvax.potentials.base import check_species
+from curvax.potentials.base import check_species, parameter_dtype
 from curvax.relax import RelaxBatch, evaluate_batch, make_batch, relax
 from curvax.relax_loss import LossWeights, batch_loss, rms_displacement, volume_error
 from curvax.system import from_atoms
@@ -60,12 +60,6 @@ def load_model(spec: str, dtype=None):
         pot = LennardJones(**kw, smooth=True)
         return pot if dtype is None else jax.tree.map(lambda a: jnp.asarray(a, dtype), pot)
     return load_nequix(spec, dtype=dtype)
-
-
-def model_dtype(potential):
-    """Floating dtype of the potential's parameters (positions are cast to it)."""
-    leaves = [x for x in jax.tree.leaves(potential) if eqx.is_inexact_array(x)]
-    return leaves[0].dtype if leaves else None
 
 
 def save_model(potential, path_stem: Path) -> Path:
@@ -275,15 +269,6 @@ def forgetting(base, tuned, pairs: PairSet) -> dict:
     return out
 
 
-def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-    """Indices of the batch at `step`: epoch-wise permutations, a pure function of (step, seed)."""
-    batch_size = min(batch_size, n_items)
-    per_epoch = max(n_items // batch_size, 1)
-    epoch, pos = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
-    return perm[pos * batch_size: (pos + 1) * batch_size]
-
-
 # --------------------------------------------------------------------------- driver
 def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None = None) -> dict:
     """Fine-tune (resuming from workdir) and evaluate; returns the evaluation dict."""
@@ -293,7 +278,7 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     base = load_model(cfg.model, dtype=jnp.float64 if cfg.x64 else None)
-    dtype = model_dtype(base)
+    dtype = parameter_dtype(base)
     splits = load_splits(cfg, base)
     for name, pairs in splits.items():
         if pairs:
@@ -308,7 +293,7 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
     update = training.make_update(make_loss(cfg), optimizer, cfg.ema_decay)
 
     def step_fn(state, static, step, key):
-        return update(state, static, train.take(batch_indices(int(train.energy.shape[0]), cfg.batch_size, step, cfg.seed)), key)
+        return update(state, static, train.take(training.batch_indices(int(train.energy.shape[0]), cfg.batch_size, step, cfg.seed)), key)
 
     val = sets.get("validation")
     eval_fn = None

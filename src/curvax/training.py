@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -92,6 +93,16 @@ def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99) -> Callab
         return TrainState(state.step + 1, params, opt_state, ema), metrics
 
     return update
+
+
+def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of the batch used at `step`: epoch-wise permutations, a pure function of
+    (step, seed), so a resumed run sees the same batches as an uninterrupted one."""
+    batch_size = min(batch_size, n_items)
+    per_epoch = max(n_items // batch_size, 1)
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
+    return perm[pos * batch_size: (pos + 1) * batch_size]
 
 
 def save_checkpoint(path, state: TrainState, meta: dict | None = None) -> None:

@@ -59,14 +59,15 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from curvax.relax import evaluate_batch, make_batch, relax_systems
-    from curvax.relax_tune import load_model, model_dtype
+    from curvax.potentials.base import parameter_dtype
+    from curvax.relax_tune import load_model
     from curvax.system import from_atoms
 
     if args.steps < 1 or args.fmax <= 0:
         raise ValueError(f"--steps must be ≥ 1 and --fmax > 0 (got {args.steps}, {args.fmax})")
     structures = read_structures(args.structures)
     pot = load_model(args.model)
-    systems = [from_atoms(a, dtype=model_dtype(pot)) for _, a in structures]
+    systems = [from_atoms(a, dtype=parameter_dtype(pot)) for _, a in structures]
     bar = tqdm(total=len(systems), disable=args.no_progress, desc="relax", unit="structure")
     t0 = time.perf_counter()
     relaxed, info = relax_systems(pot, systems, cell=args.cell, steps=args.steps, fmax=args.fmax,

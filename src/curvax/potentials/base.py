@@ -32,6 +32,12 @@ class Potential(eqx.Module):
         return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, self)
 
 
+def parameter_dtype(potential):
+    """dtype of the potential's floating-point parameters (the default float if it has none)."""
+    leaves = jax.tree_util.tree_leaves(eqx.filter(potential, eqx.is_inexact_array))
+    return leaves[0].dtype if leaves else jnp.zeros(()).dtype
+
+
 def check_species(potential: Potential, numbers, where: str = "structure") -> None:
     """Raise ValueError naming the elements `potential` does not know."""
     if potential.elements is None:
