@@ -20,7 +20,6 @@ import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ase.build import bulk
 

@@ -10,7 +10,6 @@ with the smooth cutoff f(r) = (1 − r²/r_c²)² exp(−r/2) for r < r_c. U_i d
 while the unfolded and Hardy fluxes are. Vector features (m_i = Σ_j f r_ij) make messages depend
 on bond directions, as in equivariant MPNNs.
 """
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 

@@ -65,22 +65,6 @@ def test_morse_equals_finite_displacements(hcp, morse):
 
 
 @pytest.fixture(scope="module")
-def nequix64():
-    """Nequix MP as float64 (loaded with x64 off: the .nqx leaves are float32)."""
-    import jax
-    import jax.numpy as jnp
-    from conftest import NEQUIX_MP
-
-    from curvax import load_nequix
-
-    if not NEQUIX_MP.is_file():
-        pytest.skip(f"{NEQUIX_MP} missing")
-    with jax.enable_x64(False):
-        pot = load_nequix(str(NEQUIX_MP))
-    return pot.astype(jnp.float64)
-
-
-@pytest.fixture(scope="module")
 def zno_phonon():
     """Wurtzite ZnO (P6_3mc, 4 atoms) from the DFT set, 1×1×1 supercell (periodic images are
     summed in the FC, so this is a valid, cheap phonopy supercell for the equality)."""

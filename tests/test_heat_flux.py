@@ -1,11 +1,9 @@
 """Heat flux: edge, unfolded and Hardy routes agree where theory says they must, and only there."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
-from conftest import NEQUIX_MP
 from mpnn_toy import ToyMPNN
 
 from curvax import heat_flux as hf
@@ -97,19 +95,7 @@ def test_unfolding_covers_effective_range(si8):
     assert len(set(map(tuple, np.c_[idx, off]))) == len(idx)
 
 
-@pytest.fixture(scope="module")
-def nequix64_hf():
-    """Nequix MP as float64 (loaded with x64 off: the .nqx leaves are float32)."""
-    from curvax import load_nequix
-
-    if not NEQUIX_MP.is_file():
-        pytest.skip(f"{NEQUIX_MP} missing")
-    with jax.enable_x64(False):
-        pot = load_nequix(str(NEQUIX_MP))
-    return pot.astype(jnp.float64)
-
-
-def test_nequix_unfolded_equals_hardy_edge_does_not(nequix64_hf):
+def test_nequix_unfolded_equals_hardy_edge_does_not(nequix64):
     """Nequix (4 message-passing steps) on a small Si cluster: the unfolded route (B-jvp) equals
     the O(N²) Hardy flux. (The periodic Nequix case needs ~900 replicas
     for its 24 Å range and is checked in benchmarks/bench_thermal.py --check.)"""
@@ -118,8 +104,8 @@ def test_nequix_unfolded_equals_hardy_edge_does_not(nequix64_hf):
     s = from_atoms(atoms)
     v = _velocities(len(atoms), seed=5)
     m = jnp.asarray(atoms.get_masses())
-    hardy = hf.hardy_flux(nequix64_hf, s, v, m)
-    f = hf.heat_flux(nequix64_hf, m, "unfolded")
+    hardy = hf.hardy_flux(nequix64, s, v, m)
+    f = hf.heat_flux(nequix64, m, "unfolded")
     unf = f.apply(s, v, f.init(s))
     scale = np.abs(hardy.flux_potential).max()
     assert scale > 1e-6

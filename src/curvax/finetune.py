@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +24,7 @@ import yaml
 
 from curvax import batch as batching
 from curvax import efs_data, pft_eval, relax_data, training
-from curvax.batch import Batch, graph_of, pad_structure
+from curvax.batch import Batch, graph_of
 from curvax.pft_loss import EFSWeights, batch_efs_loss, batch_phonon_loss
 from curvax.potentials.base import check_species
 from curvax.system import from_atoms
@@ -34,7 +33,7 @@ from curvax.system import from_atoms
 @dataclasses.dataclass
 class FinetuneConfig:
     model: str  # .nqx path or registered name
-    workdir: str = "runs/pft"
+    workdir: str = "runs/pft"  # relative to the current directory
     phonon_train: list = dataclasses.field(default_factory=list)  # data sets / folders (phonon_data)
     phonon_test: list = dataclasses.field(default_factory=list)  # held-out data sets for evaluation
     max_phonon_atoms: int = 64  # skip training supercells larger than this

@@ -124,21 +124,22 @@ def relaxation_errors(models: dict, pairs, steps: int = 300, fmax: float = 0.02)
 def format_report(summary: dict, efs: dict | None = None, relax: dict | None = None,
                   temperature: float = 300.0) -> str:
     """Plain-text before/after tables."""
+    w = max([len(m) for _, m in summary] + [len(m) for m in (efs or {})] + [5]) + 2
     lines = [f"Phonon property MAE vs DFT on held-out materials (T = {temperature:g} K)",
-             f"{'protocol':<10}{'model':<14}{'n':>3}" + "".join(
+             f"{'protocol':<10}{'model':<{w}}{'n':>3}" + "".join(
                  f"{k + ' [' + PROPERTY_UNITS[k] + ']':>26}" for k in COMPARED)]
     for (protocol, model), d in summary.items():
         failed = f"  ({d['n_failed']} failed)" if d["n_failed"] else ""
-        lines.append(f"{protocol:<10}{model:<14}{d['n']:>3}" + "".join(f"{d[k]:>26.4f}" for k in COMPARED) + failed)
+        lines.append(f"{protocol:<10}{model:<{w}}{d['n']:>3}" + "".join(f"{d[k]:>26.4f}" for k in COMPARED) + failed)
     if efs:
         lines += ["", "Forgetting: E/F/S MAE on held-out upstream frames",
-                  f"{'model':<14}{'E [meV/atom]':>14}{'F [meV/Å]':>12}{'σ [meV/Å³]':>12}"]
-        lines += [f"{m:<14}{1e3 * d['energy']:>14.2f}{1e3 * d['forces']:>12.2f}{1e3 * d['stress']:>12.3f}"
+                  f"{'model':<{w}}{'E [meV/atom]':>14}{'F [meV/Å]':>12}{'σ [meV/Å³]':>12}"]
+        lines += [f"{m:<{w}}{1e3 * d['energy']:>14.2f}{1e3 * d['forces']:>12.2f}{1e3 * d['stress']:>12.3f}"
                   for m, d in efs.items()]
     if relax:
         lines += ["", "Forgetting: relaxation of perturbed DFT-relaxed crystals",
-                  f"{'model':<14}{'RMSD [Å]':>10}{'|ΔV/V|':>10}{'steps':>8}{'converged':>11}"]
-        lines += [f"{m:<14}{d['rms_displacement']:>10.4f}{d['volume_error']:>10.4f}{d['n_steps']:>8.0f}"
+                  f"{'model':<{w}}{'RMSD [Å]':>10}{'|ΔV/V|':>10}{'steps':>8}{'converged':>11}"]
+        lines += [f"{m:<{w}}{d['rms_displacement']:>10.4f}{d['volume_error']:>10.4f}{d['n_steps']:>8.0f}"
                   f"{d['converged']:>11.2f}" for m, d in relax.items()]
     return "\n".join(lines)
 

@@ -39,7 +39,6 @@ Ref. (implicit): Blondel et al., Efficient and modular implicit differentiation,
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Callable, NamedTuple
 
 import equinox as eqx

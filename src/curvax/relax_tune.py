@@ -285,7 +285,7 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
             relax_data.write_pairs(workdir / f"pairs-{name}.extxyz", pairs)
     sets = pad_splits(splits, base.cutoff, cfg.skin, dtype)
     train, _ = sets["train"]
-    print(f"pairs: " + ", ".join(f"{k} {len(v[1])}" for k, v in sets.items())
+    print("pairs: " + ", ".join(f"{k} {len(v[1])}" for k, v in sets.items())
           + f"; padded to {train.start.positions.shape[1]} atoms / {train.start.graph.mask.shape[1]} edges",
           flush=True)
     optimizer = training.make_optimizer(training.OptimizerConfig(**{"total_steps": cfg.steps, **cfg.optimizer}))
