@@ -1,5 +1,6 @@
 """Shared fixtures. Tests run in float64 where they compare with finite differences or ASE."""
 import os
+import threading
 from pathlib import Path
 
 import jax
@@ -31,3 +32,28 @@ def nequix64(nequix32):
     import jax.numpy as jnp
 
     return nequix32.astype(jnp.float64)
+
+
+# XLA compiles on the calling thread; compiling large Nequix programs (relaxation scans,
+# third-order AD) late in a long session overflowed the 8 MB main-thread stack (segfault in
+# backend_compile_and_load). Each test therefore runs in a thread with a 512 MB stack.
+threading.stack_size(512 * 2**20)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    error = []
+
+    def target():
+        try:
+            pyfuncitem.obj(**args)
+        except BaseException as e:  # re-raised on the main thread, traceback kept
+            error.append(e)
+
+    worker = threading.Thread(target=target, name=pyfuncitem.name)
+    worker.start()
+    worker.join()
+    if error:
+        raise error[0]
+    return True

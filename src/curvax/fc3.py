@@ -141,7 +141,10 @@ def compute_fc3(ph3, potential, chunk: int = 4, is_compact_fc: bool = True,
 
 
 def compute_fc2(ph3, potential, chunk: int = 16):
-    """Exact compact FC2 (Np, Ns2, 3, 3): Hessian rows of the primitive atoms of the phonon supercell."""
+    """Exact compact FC2 (Np, Ns2, 3, 3): Hessian rows of the primitive atoms of the phonon
+    supercell, symmetrised (index symmetry, acoustic sum rule) by phonopy."""
+    from phonopy.harmonic.force_constants import symmetrize_compact_force_constants
+
     system, graph = _setup(potential, ph3.phonon_supercell)
     n = system.positions.shape[0]
     p2s = np.asarray(ph3.phonon_primitive.p2s_map)
@@ -153,16 +156,11 @@ def compute_fc2(ph3, potential, chunk: int = 16):
     cols, _ = third_order_products(potential, system, graph, jnp.zeros_like(vs), vs, chunk)
     cols = np.asarray(cols, np.float64).reshape(len(p2s), 3, n, 3)  # (p, α, j, β)
     fc2 = cols.transpose(0, 2, 1, 3)
-    return 0.5 * (fc2 + _transpose_compact(ph3, fc2)), len(vs)
-
-
-def _transpose_compact(ph3, fc2):
-    """Φ_{pα,jβ} → Φ_{jβ,pα}ᵀ in compact layout (exact Hessians are symmetric; this only removes round-off)."""
-    from phonopy.harmonic.force_constants import compact_fc_to_full_fc
-
-    full = compact_fc_to_full_fc(ph3.phonon_primitive, fc2)
-    full = full.transpose(1, 0, 3, 2)
-    return full[np.asarray(ph3.phonon_primitive.p2s_map)]
+    # index symmetry + acoustic sum rule (phonopy's projection): float32 round-off of a few
+    # 1e-6 eV/Å² breaks the ASR enough to spoil the acoustic modes near Γ that carry κ
+    # (Nequix MP Si: κ = 10.7 W/m-K without, 55.8 with, for the same DFT FC3).
+    symmetrize_compact_force_constants(fc2, ph3.phonon_primitive)
+    return fc2, len(vs)
 
 
 def finite_displacement_fc3(ph3, potential, distance: float = 0.03, is_plusminus=True):
