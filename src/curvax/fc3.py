@@ -155,7 +155,7 @@ def compute_fc2(ph3, potential, chunk: int = 16):
     vs = jnp.asarray(vs, system.positions.dtype)
     cols, _ = third_order_products(potential, system, graph, jnp.zeros_like(vs), vs, chunk)
     cols = np.asarray(cols, np.float64).reshape(len(p2s), 3, n, 3)  # (p, α, j, β)
-    fc2 = cols.transpose(0, 2, 1, 3)
+    fc2 = np.ascontiguousarray(cols.transpose(0, 2, 1, 3))
     # index symmetry + acoustic sum rule (phonopy's projection): float32 round-off of a few
     # 1e-6 eV/Å² breaks the ASR enough to spoil the acoustic modes near Γ that carry κ
     # (Nequix MP Si: κ = 10.7 W/m-K without, 55.8 with, for the same DFT FC3).
