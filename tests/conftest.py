@@ -1,6 +1,6 @@
 """Shared fixtures. Tests run in float64 where they compare with finite differences or ASE."""
+import gc
 import os
-import threading
 from pathlib import Path
 
 import jax
@@ -34,26 +34,12 @@ def nequix64(nequix32):
     return nequix32.astype(jnp.float64)
 
 
-# XLA compiles on the calling thread; compiling large Nequix programs (relaxation scans,
-# third-order AD) late in a long session overflowed the 8 MB main-thread stack (segfault in
-# backend_compile_and_load). Each test therefore runs in a thread with a 512 MB stack.
-threading.stack_size(512 * 2**20)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem):
-    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    error = []
-
-    def target():
-        try:
-            pyfuncitem.obj(**args)
-        except BaseException as e:  # re-raised on the main thread, traceback kept
-            error.append(e)
-
-    worker = threading.Thread(target=target, name=pyfuncitem.name)
-    worker.start()
-    worker.join()
-    if error:
-        raise error[0]
-    return True
+# Every compiled XLA program keeps its JIT-linked code mapped (a few memory maps per kernel; the
+# Nequix fine-tuning CLI test alone reached 24 000). Over the whole suite they exceeded the
+# kernel's vm.max_map_count (65530) and XLA crashed (SIGSEGV/SIGABRT) while compiling the Nequix
+# relaxation near the end, so each test module releases its compiled programs when it ends.
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    yield
+    jax.clear_caches()
+    gc.collect()

@@ -16,6 +16,7 @@ Forgetting checks:
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -71,6 +72,10 @@ def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10
                 rows.append(row)
                 if progress:
                     progress(_row_line(row))
+        # Each material's supercell compiles its own programs and none is reused by the next;
+        # their JIT-linked code stays mapped (a few maps per kernel) and a long evaluation would
+        # exceed vm.max_map_count (65530), crashing XLA. Release them.
+        jax.clear_caches()
     return rows
 
 
