@@ -1,7 +1,7 @@
 """PFT benchmark: cost of a phonon training step vs an E/F/σ training step on the same batch,
 structures/s, and peak memory of the sampled-HVP loss vs the dense-Hessian loss.
 
-    .venv/bin/python benchmarks/bench_pft.py                 # defaults (CPU: a few minutes)
+    .venv/bin/python benchmarks/bench_pft.py                 # defaults (2-core CPU: ≈ 20 min, mostly compiling)
     .venv/bin/python benchmarks/bench_pft.py --atoms 64 --batch 4 --memory-sizes 8 16 32 64
 
 (1) one optimizer update of Nequix MP (float32, jit, median after compilation) on a batch of
@@ -37,8 +37,10 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "neq
 
 def si_batch(pot, n_atoms, n_structures, seed=0):
     """Rattled Si supercells of about n_atoms atoms, labelled by `pot` itself, with FC targets."""
-    unit = bulk("Si", "diamond", a=5.43, cubic=n_atoms >= 8)
-    reps = max(1, round((n_atoms / len(unit)) ** (1 / 3)))
+    unit = bulk("Si", "diamond", a=5.43, cubic=n_atoms % 8 == 0)
+    m = max(1, n_atoms // len(unit))  # unit cells, as a near-cubic a×b×c = m
+    reps = min(((a, b, m // (a * b)) for a in range(1, m + 1) for b in range(a, m + 1) if m % (a * b) == 0
+                and m // (a * b) >= b), key=lambda r: r[2] - r[0])
     items = []
     for k in range(n_structures):
         atoms = unit.repeat(reps)
@@ -78,7 +80,7 @@ def peak_bytes(fn, *args):
 
 def bench_memory(pot, sizes):
     print("== memory of grad_θ of the Hessian loss per structure (compiled temp + output)")
-    print(f"  {'atoms':>6} {'edges':>7} {'HVP-sampled MB':>15} {'dense MB':>10} {'dense/HVP':>10}")
+    print(f"  {'atoms':>6} {'edges':>7} {'HVP-sampled MiB':>15} {'dense MiB':>10} {'dense/HVP':>10}")
     params, static = eqx.partition(pot, eqx.is_inexact_array)
     key = jax.random.PRNGKey(0)
     for n in sizes:
