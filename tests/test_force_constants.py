@@ -93,3 +93,36 @@ def test_phonopy_to_atoms_roundtrip(zno_phonon):
     atoms = phonopy_to_atoms(zno_phonon.supercell)
     assert np.allclose(atoms.positions, zno_phonon.supercell.positions)
     assert np.allclose(atoms.get_masses(), zno_phonon.supercell.masses)
+
+
+def test_shape_buckets_equal_the_exact_shape(hcp, morse):
+    """Padding the supercell to a shape bucket (extra atoms without edges, padded edges) and
+    evaluating the HVPs in fixed chunks gives the same FC2 (float64, Morse)."""
+    from curvax.force_constants import bucket_shape
+
+    phonon, ref = hcp
+    bucketed = force_constants(phonon, morse, assign=False, bucket=True, chunk=3)
+    assert bucketed.n_hvp == ref.n_hvp
+    np.testing.assert_allclose(bucketed.force_constants, ref.force_constants, rtol=1e-12, atol=1e-12)
+    assert bucket_shape(16, 700) == (32, 768) and bucket_shape(33, 512) == (64, 512)
+
+
+@pytest.mark.slow
+def test_nequix_models_share_compiled_programs(nequix32):
+    """Base and the authors' PFT model load onto one tree structure (parameters are arguments),
+    so the second model's bucketed FC2 compiles nothing; numbers equal the unbucketed route."""
+    import jax
+
+    from conftest import NEQUIX_MP_PFT
+    from curvax import load_nequix
+    from curvax.force_constants import _columns
+
+    pft = load_nequix(str(NEQUIX_MP_PFT))
+    assert jax.tree.structure(pft) == jax.tree.structure(nequix32)
+    phonon, _ = force_constants_from_atoms(bulk("Si", "diamond", a=5.43), [2, 2, 2], nequix32, bucket=True, chunk=4)
+    n_compiled = _columns._cached._cache_size()
+    for pot in (nequix32, pft):
+        a = force_constants(phonon, pot, assign=False, bucket=True, chunk=4).force_constants
+        b = force_constants(phonon, pot, assign=False).force_constants
+        np.testing.assert_allclose(a, b, atol=2e-5 * np.abs(b).max())
+    assert _columns._cached._cache_size() == n_compiled + 1  # only the unbucketed shape was new

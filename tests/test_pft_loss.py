@@ -90,3 +90,38 @@ def test_phonon_loss_forces_from_hvp_primal_equal_force_pass():
     assert float(t1["forces"]) > 1e-3 and float(t1["hessian"]) > 1e-3
     np.testing.assert_allclose(float(t1["forces"]), float(t2["forces"]), rtol=1e-12)
     np.testing.assert_allclose(float(cheap), float(full), rtol=1e-12)
+
+
+def test_several_probes_share_one_linearisation():
+    """L_H with P probes from one linearisation = the mean of P single-probe losses, value and
+    parameter gradient (float64, LJ)."""
+    from curvax.pft_loss import sample_directions, structure_hvp
+
+    pot = LennardJones(sigma=2.0, epsilon=0.1, cutoff=5.0, smooth=True)
+    target = LennardJones(sigma=2.06, epsilon=0.12, cutoff=5.0, smooth=True)
+    atoms = bulk("Cu", "fcc", a=3.1) * (2, 1, 1)
+    atoms.rattle(0.05, seed=1)
+    s = _structure(atoms, pot.cutoff, n_atoms=len(atoms) + 1)
+    fc = hessian(target, s.system, s.graph)
+    vs = sample_directions(jax.random.PRNGKey(0), s.node_mask, "random", 5)
+    assert vs.shape == (5,) + s.system.positions.shape and not np.any(np.asarray(vs)[:, -1])
+    _, hv = structure_hvp(pot, s, vs)
+    for v, h in zip(vs, hv):
+        np.testing.assert_allclose(h, structure_hvp(pot, s, v)[1], rtol=1e-12, atol=1e-12)
+
+    def many(p):
+        return hessian_probe_loss(p, s, fc, vs, "mae")
+
+    def mean_single(p):
+        return jnp.mean(jnp.stack([hessian_probe_loss(p, s, fc, v, "mae") for v in vs]))
+
+    (a, ga), (b, gb) = eqx.filter_value_and_grad(many)(pot), eqx.filter_value_and_grad(mean_single)(pot)
+    assert float(a) > 0
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(x, y, rtol=1e-10)
+    # phonon_loss with n_probes draws that many probes from its key
+    key = jax.random.PRNGKey(3)
+    tot, terms = phonon_loss(pot, s, fc, key, 1.0, EFSWeights(0.0, 0.0, 0.0), "unit", "mae", n_probes=4)
+    v4 = sample_directions(key, s.node_mask, "unit", 4).astype(fc.dtype)
+    np.testing.assert_allclose(terms["hessian"], hessian_probe_loss(pot, s, fc, v4, "mae"), rtol=1e-12)

@@ -203,3 +203,21 @@ def test_cli_compare_dft(tmp_path, capsys, monkeypatch, nequix64):
     assert np.abs(ph.force_constants.sum(axis=1)).max() < 1e-8 * np.abs(ph.force_constants).max()
     assert phonon_properties(ph, 300.0, mesh=[8, 8, 8])["max_frequency"] == pytest.approx(
         model["max_frequency"], rel=1e-6)
+
+
+def test_batched_unit_cell_relaxation_matches_ase(morse):
+    """The evaluation's batched JAX FIRE (`pft_eval.relax_unit_cells`, positions + cell) ends
+    where ASE FIRE + FrechetCellFilter ends, for cells of different sizes in one batch; an
+    unconverged relaxation comes back as an error, not as a structure."""
+    from curvax.pft_eval import relax_unit_cells
+
+    cells = [bulk("Cu", "fcc", a=3.8, cubic=True), bulk("Cu", "fcc", a=3.5)]
+    cells[0].rattle(0.02, seed=1)
+    out = relax_unit_cells(morse, cells, fmax=1e-4, steps=2000)
+    for start, got in zip(cells, out):
+        ref = relax_atoms(start, morse, fmax=1e-4)
+        assert not isinstance(got, Exception), got
+        np.testing.assert_allclose(got.get_volume() / len(got), ref.get_volume() / len(ref), rtol=1e-3)
+    assert abs(out[0].get_volume() / 4 - 3.8 ** 3 / 4) > 0.5  # it did move
+    bad = relax_unit_cells(morse, cells, fmax=1e-6, steps=2)
+    assert all(isinstance(b, ValueError) and "not converged" in str(b) for b in bad)

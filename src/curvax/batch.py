@@ -32,7 +32,26 @@ Batch = Structure  # same fields with a leading batch axis
 
 
 def graph_of(system: System, cutoff: float, where: str = "structure") -> Graph:
-    """Host-side neighbour graph (no overflow possible: sized exactly)."""
+    """Host-side neighbour graph, sized exactly (no overflow possible), same edges as
+    `neighbors.allocate` (pairs with |r_ij| < cutoff). Periodic cells use matscipy's C
+    neighbour list ("ijS": the convention of `neighbors`), which compiles nothing, so building
+    the graphs of many structures of different shapes is fast; molecules use `allocate`."""
+    pbc = tuple(bool(p) for p in system.pbc)
+    if all(pbc):
+        neighbors.check_system(system)
+        from matscipy.neighbours import neighbour_list
+
+        from curvax.system import to_atoms
+
+        i, j, d, shifts = neighbour_list("ijdS", to_atoms(system), float(cutoff))
+        keep = d < cutoff
+        i, j, shifts = i[keep], j[keep], shifts[keep]
+        n = max(len(i), 1)
+        pad = n - len(i)
+        return Graph(senders=np.concatenate([j, np.zeros(pad, int)]).astype(np.int32),
+                     receivers=np.concatenate([i, np.zeros(pad, int)]).astype(np.int32),
+                     shifts=np.concatenate([shifts, np.zeros((pad, 3))]).astype(np.asarray(system.positions).dtype),
+                     mask=np.arange(n) < len(i), overflow=np.array(False))
     _, graph = neighbors.allocate(system, cutoff, capacity_multiplier=1.0, min_capacity=1)
     if bool(graph.overflow):
         raise ValueError(f"{where}: neighbour list overflow while building the graph")

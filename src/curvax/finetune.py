@@ -8,24 +8,36 @@ One training step (`step` counts these) =
 Batches and random probes are pure functions of the step number, so a run killed at any
 point resumes from its last atomic checkpoint and reproduces the uninterrupted run.
 
+Data: DFT phonon sets (`phonon_train`) and/or a phonondb folder (`phonondb`, e.g. the Kyoto
+phonondb in ../shared/data/phonondb), split *by formula* into training, validation and test
+materials (`phonondb_split`): a fixed hash order, so the test materials never depend on the
+training settings. Validation (every `eval_every` steps): phonon properties (ν_max, S, F, Cv at
+`eval_temperature`, DFT geometry) of the EMA model on the validation materials, scored as
+mean_p MAE_p(model) / MAE_p(base) (< 1: better than the base); with `select_best` the model
+written is the EMA weights of the best validation score (early stopping).
+
 Config: a YAML file (see `configs/pft-nequix-mp.yaml`); `FinetuneConfig` documents every key.
-Outputs in `workdir`: checkpoint.eqx, metrics.csv, eval.csv, config.yaml, model.nqx
-(EMA weights; loads with `curvax.load_nequix` and `nequix.model.load_model`).
+Outputs in `workdir`: checkpoint.eqx, best.eqx, metrics.csv, eval.csv, config.yaml, split.json,
+model.nqx (EMA weights; loads with `curvax.load_nequix` and `nequix.model.load_model`).
 """
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
+from ase.data import atomic_numbers
+from ase.formula import Formula
 
 from curvax import batch as batching
 from curvax import efs_data, pft_eval, relax_data, training
 from curvax.batch import Batch, graph_of
 from curvax.pft_loss import EFSWeights, batch_efs_loss, batch_phonon_loss
+from curvax.phonon_data import phonondb_entries
 from curvax.potentials.base import check_species
 from curvax.system import from_atoms
 
@@ -37,6 +49,15 @@ class FinetuneConfig:
     phonon_train: list = dataclasses.field(default_factory=list)  # data sets / folders (phonon_data)
     phonon_test: list = dataclasses.field(default_factory=list)  # held-out data sets for evaluation
     max_phonon_atoms: int = 64  # skip training supercells larger than this
+    phonondb: str | None = None  # phonondb folder (manifest.csv + materials/*.tar.lzma)
+    phonondb_max_atoms: int = 40  # only materials with supercells of ≤ this many atoms
+    n_phonondb_test: int = 20  # held-out test materials (added to the report)
+    n_phonondb_validation: int = 8  # validation materials (model selection / early stopping)
+    n_phonondb_train: int = 0  # training materials (0: all the rest)
+    phonondb_eval_max_displacements: int = 10  # validation/test materials: ≤ this many DFT displacements
+    n_probes: int = 1  # Hessian probe vectors per structure per step (one linearisation)
+    select_best: bool = True  # write the EMA weights of the best validation score
+    max_force_drift: float = 0.010  # eV/Å: a model drifting more on held-out upstream frames is not selected
     upstream_files: list = dataclasses.field(default_factory=list)  # extxyz / .db / vasprun.xml
     pseudo_label_structures: str | None = None  # pymatgen JSON(.gz) list, used if no upstream files
     n_pseudo: int = 32
@@ -63,6 +84,7 @@ class FinetuneConfig:
     eval_temperature: float = 300.0  # K
     eval_mesh: tuple = (10, 10, 10)
     eval_protocols: tuple = ("unrelaxed", "relaxed")
+    eval_relax_max_atoms: int = 16  # relaxed protocol only for unit cells of ≤ this many atoms
     compare_models: list = dataclasses.field(default_factory=list)  # extra models for the table
 
     @staticmethod
@@ -84,7 +106,7 @@ class FinetuneConfig:
         base = path.parent
         for key in ("phonon_train", "phonon_test", "upstream_files", "compare_models"):
             raw[key] = [_rel(base, p) for p in raw.get(key, [])]
-        for key in ("model", "pseudo_label_structures"):
+        for key in ("model", "pseudo_label_structures", "phonondb"):
             if raw.get(key):
                 raw[key] = _rel(base, raw[key])
         return FinetuneConfig(**raw)
@@ -111,6 +133,45 @@ def expand_datasets(paths) -> list[Path]:
         else:
             raise FileNotFoundError(f"phonon data set not found: {p}")
     return out
+
+
+def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train: int = 0,
+                   elements=None, eval_max_displacements: int | None = None) -> dict:
+    """{"train", "validation", "test"} -> lists of phonondb archive paths, split by formula.
+
+    Formulas (all polymorphs of one composition go together) are ordered by a fixed hash
+    (`relax_data._unit_hash(0, formula)`, independent of any training setting); the first
+    formulas give `n_test` test materials, the next `n_validation` validation materials, the
+    rest (up to `n_train`, 0 = all) training materials. Evaluating a material costs one HVP
+    per DFT displacement and model, so with `eval_max_displacements` only formulas whose
+    materials all have at most that many displacements are drawn for validation and test
+    (the others all go to training). Materials with elements outside `elements` (the model's)
+    are left out."""
+    entries = phonondb_entries(root, max_atoms)
+    if elements is not None:
+        known = set(int(z) for z in elements)
+        entries = [e for e in entries if {atomic_numbers[el] for el in Formula(e.formula).count()} <= known]
+    by_formula, n_disp = {}, {}
+    for e in entries:
+        f = _reduced_formula(e.formula)
+        by_formula.setdefault(f, []).append(e.path)
+        n_disp[f] = max(n_disp.get(f, 0), e.n_displacements)
+    order = sorted(by_formula, key=lambda f: relax_data._unit_hash(0, f))
+    out, sizes = {"test": [], "validation": [], "train": []}, (n_test, n_validation, n_train or 10 ** 9)
+    part = 0
+    for f in order:
+        while part < 2 and len(out[("test", "validation")[part]]) >= sizes[part]:
+            part += 1
+        evaluable = eval_max_displacements is None or n_disp[f] <= eval_max_displacements
+        if part < 2 and evaluable:
+            out[("test", "validation")[part]].extend(by_formula[f])
+        elif len(out["train"]) < sizes[2]:
+            out["train"].extend(by_formula[f])
+    return out
+
+
+def _reduced_formula(formula: str) -> str:
+    return Formula(formula).reduce()[0].format("metal")
 
 
 def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None):
@@ -194,7 +255,8 @@ def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimi
 
     def phonon_loss(model, b, key):
         batch, fcb = b
-        return batch_phonon_loss(model, batch, fcb, key, cfg.w_hessian, w_ph, cfg.hessian_sampling, cfg.loss)
+        return batch_phonon_loss(model, batch, fcb, key, cfg.w_hessian, w_ph, cfg.hessian_sampling, cfg.loss,
+                                 cfg.n_probes)
 
     def upstream_loss(model, batch, key):
         return batch_efs_loss(model, batch, w_up, cfg.loss)
@@ -228,22 +290,74 @@ def _check_held_out(cfg: FinetuneConfig) -> tuple[list, list]:
     return train, test
 
 
+def data_split(cfg: FinetuneConfig, elements=None) -> dict:
+    """{"train", "validation", "test"}: data set paths (`phonon_train`/`phonon_test` plus the
+    `phonondb` split, `phonondb_split`)."""
+    train, test = _check_held_out(cfg)
+    split = {"train": list(train), "validation": [], "test": list(test)}
+    if cfg.phonondb:
+        db = phonondb_split(cfg.phonondb, cfg.phonondb_max_atoms, cfg.n_phonondb_test,
+                            cfg.n_phonondb_validation, cfg.n_phonondb_train, elements,
+                            cfg.phonondb_eval_max_displacements)
+        for k in split:
+            split[k] += db[k]
+    return split
+
+
+class PhononValidation:
+    """Phonon properties of a model on validation materials at the DFT geometry, scored against
+    the base model: score = mean over ν_max, S, F, Cv of MAE(model)/MAE(base) (< 1: better)."""
+
+    def __init__(self, paths, base, temperature: float, mesh):
+        from curvax.phonon_data import load_phonopy_dataset
+        from curvax.phonons import phonon_properties
+
+        self.temperature, self.mesh = temperature, tuple(mesh)
+        self.dft = [load_phonopy_dataset(p) for p in paths]
+        self.ref = [phonon_properties(d, temperature, self.mesh) for d in self.dft]
+        self.shapes = pft_eval.shape_groups(self.dft, base.cutoff, max_groups=1) if paths else []
+        self.base_mae = self.mae(base) if paths else None
+
+    def mae(self, potential) -> dict:
+        from curvax.force_constants import phonopy_to_atoms
+        from curvax.phonons import COMPARED, compare, phonon_properties
+
+        errs = {k: [] for k in COMPARED}
+        for dft, ref, shape in zip(self.dft, self.ref, self.shapes):
+            props = phonon_properties(pft_eval._model_phonopy(dft, phonopy_to_atoms(dft.unitcell), potential, shape),
+                                      self.temperature, self.mesh)
+            diff = compare(props, ref)
+            for k in COMPARED:
+                errs[k].append(diff[k]["abs_error"])
+        return {k: float(np.mean(v)) for k, v in errs.items()}
+
+    def __call__(self, potential) -> dict:
+        mae = self.mae(potential)
+        ratios = [mae[k] / max(self.base_mae[k], 1e-12) for k in mae]
+        return {**{f"val_{k}": v for k, v in mae.items()}, "val_score": float(np.mean(ratios))}
+
+
 def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = None):
     """Fine-tune; returns (base potential, fine-tuned EMA potential, held-out upstream Batch).
-    Resumes from `workdir/checkpoint.eqx`; writes `workdir/model.nqx` when all steps are done."""
+    Resumes from `workdir/checkpoint.eqx`; writes `workdir/model.nqx` when all steps are done
+    (the best-validation EMA weights with `select_best` and validation materials)."""
+    import json
+
     from curvax.phonons import load_potential
 
     if cfg.x64:
         jax.config.update("jax_enable_x64", True)
-    _check_held_out(cfg)
+    base = load_potential(cfg.model, cfg.x64)
+    split = data_split(cfg, base.elements)
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-    base = load_potential(cfg.model, cfg.x64)
+    (workdir / "split.json").write_text(json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
     cutoff = base.cutoff
-    names, phonon, fc = load_phonon_training_set(cfg.phonon_train, cutoff, cfg.max_phonon_atoms, base)
-    print(f"phonon training set: {len(names)} supercells ({', '.join(names)}), padded to "
-          f"{phonon.system.positions.shape[1]} atoms / {phonon.graph.mask.shape[1]} edges", flush=True)
+    names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base)
+    print(f"phonon training set: {len(names)} supercells, padded to {phonon.system.positions.shape[1]} atoms / "
+          f"{phonon.graph.mask.shape[1]} edges; {len(split['validation'])} validation and "
+          f"{len(split['test'])} test materials", flush=True)
     upstream, holdout = load_upstream_set(cfg, base, cutoff)
     print(f"upstream set: {upstream.energy.shape[0]} training + {holdout.energy.shape[0]} held-out frames"
           f" ({'files' if cfg.upstream_files else 'pseudo-labels of the base model'})", flush=True)
@@ -252,17 +366,44 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     optimizer = training.make_optimizer(opt_cfg)
     state, static = training.init_state(base, optimizer)
     step_fn = make_step_fn(cfg, phonon, fc.astype(np.asarray(phonon.system.positions).dtype), upstream, optimizer)
+    t0 = time.time()
+    validation = (PhononValidation(split["validation"], base, cfg.eval_temperature, cfg.eval_mesh)
+                  if split["validation"] else None)
+    if validation is not None:
+        print(f"validation: {len(split['validation'])} materials, base model MAE "
+              + ", ".join(f"{k} {v:.3g}" for k, v in validation.base_mae.items())
+              + f" ({time.time() - t0:.0f} s)", flush=True)
+    best_path = workdir / "best.eqx"
 
     def validate(state):
-        errors = pft_eval.efs_errors({"ema": training.combine(state.ema, static)}, holdout)["ema"]
-        return {f"holdout_{k}": v for k, v in errors.items()}
+        model = training.combine(state.ema, static)
+        errors = pft_eval.efs_errors({"ema": model}, holdout)["ema"]
+        out = {f"holdout_{k}": v for k, v in errors.items()}
+        if validation is not None:
+            out.update(validation(model))
+            best = json.loads(best_path.open("rb").readline()) if best_path.is_file() else {}
+            # must beat the base (score 1) and the best so far, within the forgetting budget
+            if out["val_score"] < best.get("val_score", 1.0) and out["holdout_forces"] <= cfg.max_force_drift:
+                training.save_checkpoint(best_path, state, {"val_score": out["val_score"],
+                                                            "step": int(state.step)})
+        return out
 
     state = training.fit(state, static, step_fn, cfg.steps, workdir, cfg.checkpoint_every,
                          eval_fn=validate, eval_every=cfg.eval_every, seed=cfg.seed, progress=progress,
                          max_seconds=max_seconds)
+    if training.checkpoint_step(workdir / "checkpoint.eqx") < cfg.steps:
+        return base, training.combine(state.ema, static), holdout
+    if validation is not None and cfg.select_best:
+        if best_path.is_file():
+            best, meta = training.load_checkpoint(best_path, state)
+            print(f"early stopping: best validation score {meta['val_score']:.3f} (base = 1) after "
+                  f"{meta['step']} optimiser updates", flush=True)
+            state = best
+        else:
+            print("no step beat the base model on the validation materials: writing the base model", flush=True)
+            state = state._replace(ema=training.init_state(base, optimizer)[0].ema)
     tuned = training.combine(state.ema, static)
-    if training.checkpoint_step(workdir / "checkpoint.eqx") >= cfg.steps:
-        tuned.save(workdir / "model.nqx")
+    tuned.save(workdir / "model.nqx")
     return base, tuned, holdout
 
 
@@ -276,12 +417,13 @@ def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -
 
     from curvax.phonons import load_potential
 
-    _, test = _check_held_out(cfg)
+    test = data_split(cfg, base.elements)["test"]
     models = {"base": base, "fine-tuned": tuned}
     for m in cfg.compare_models:
         models[Path(m).stem if m.endswith(".nqx") else m] = load_potential(m, cfg.x64)
     rows = pft_eval.phonon_rows(models, test, cfg.eval_temperature, tuple(cfg.eval_mesh),
-                                tuple(cfg.eval_protocols), progress=progress)
+                                tuple(cfg.eval_protocols), progress=progress,
+                                relax_max_atoms=cfg.eval_relax_max_atoms)
     summary = pft_eval.phonon_summary(rows)
     efs = pft_eval.efs_errors(models, holdout)
     relax = None
@@ -289,6 +431,13 @@ def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -
         records = pseudo_label_pool(cfg, base)[1][-cfg.n_relax_eval:]
         relax = pft_eval.relaxation_errors(models, relax_data.make_pairs(records, seed=cfg.seed))
     report = pft_eval.format_report(summary, efs, relax, cfg.eval_temperature)
+    groups = {"phonondb test materials": [r for r in rows if r["material"].startswith("mp-")],
+              "the phonon_test sets": [r for r in rows if not r["material"].startswith("mp-")]}
+    for title, sub in groups.items():
+        if sub and len(sub) < len(rows):
+            report += "\n\n" + pft_eval.format_report(pft_eval.phonon_summary(sub), temperature=cfg.eval_temperature,
+                                                     title=title)
+    report += "\n\n" + pft_eval.per_material_changes(rows)
     workdir = Path(cfg.workdir)
     (workdir / "report.txt").write_text(report + "\n")
     blob = {"phonons": rows, "summary": {f"{p}/{m}": d for (p, m), d in summary.items()},

@@ -13,6 +13,10 @@ columns it was not given without truncation error; the acoustic sum rule Σ_j Φ
 The graph (neighbour list, periodic images) is frozen at the equilibrium supercell, as for the
 Hessian at fixed cell. Cost: K HVPs, K = number of phonopy displacements (a few for cubic
 crystals, ≤ 3 Np for P1), instead of 3 Ns columns of the dense Hessian.
+Shape buckets (`bucket=True`): the supercell is padded to a few sizes (atoms to a multiple of
+32, edges up a ×1.5 ladder; padded atoms have no edges and no energy) and the HVPs run in
+fixed chunks, so materials of similar size and every model of one architecture (parameters
+are arguments of the compiled program) share one compilation.
 Ref.: A. Togo, I. Tanaka, Scr. Mater. 108, 1 (2015) (phonopy); B. Pearlmutter,
 Neural Comput. 6, 147 (1994) (HVP).
 """
@@ -24,6 +28,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from curvax.batch import graph_of, pad_structure
 from curvax.hessian import hessian, hessian_columns
 from curvax.neighbors import allocate
 from curvax.potentials.base import parameter_dtype
@@ -32,7 +37,7 @@ from curvax.system import from_atoms
 __all__ = [
     "FC2Result", "force_constants", "force_constants_from_atoms", "dense_force_constants",
     "finite_displacement_force_constants", "phonopy_to_atoms", "atoms_to_phonopy",
-    "acoustic_sum_rule_violation",
+    "acoustic_sum_rule_violation", "bucket_shape", "common_shape", "supercell_shape",
 ]
 
 
@@ -74,6 +79,46 @@ def _columns(potential, system, graph, vs, chunk):
     return hessian_columns(potential, system, graph, vs, chunk)
 
 
+def bucket_shape(n_atoms: int, n_edges: int) -> tuple[int, int]:
+    """Padded (atoms, edges): atoms up to a multiple of 32, edges up the ladder 512·1.5^k."""
+    atoms = 32 * int(np.ceil(n_atoms / 32))
+    edges = 512
+    while edges < n_edges:
+        edges = int(np.ceil(edges * 1.5 / 64) * 64)
+    return atoms, edges
+
+
+def supercell_shape(phonon, cutoff: float) -> tuple[int, int]:
+    """(atoms, edges) of `phonon.supercell`'s graph at `cutoff` [Å] (for a common `bucket`)."""
+    system = from_atoms(phonopy_to_atoms(phonon.supercell))
+    return system.positions.shape[0], int(np.sum(np.asarray(graph_of(system, cutoff).mask)))
+
+
+def common_shape(shapes, edge_margin: float = 1.1) -> tuple[int, int]:
+    """One padded shape for many (atoms, edges): the largest of each, edges × `edge_margin`
+    (room for relaxed cells), rounded by `bucket_shape`."""
+    atoms = max(a for a, _ in shapes)
+    edges = int(np.ceil(max(e for _, e in shapes) * edge_margin))
+    return bucket_shape(atoms, edges)
+
+
+def _bucketed_columns(potential, system, graph, vs, chunk, shape=None):
+    """H·v of `vs` (K, N, 3) on the structure padded to `shape` (atoms, edges; default, or when
+    the structure does not fit: `bucket_shape`), `chunk` probes per compiled call."""
+    n, k = vs.shape[1], vs.shape[0]
+    n_edges = int(np.sum(np.asarray(graph.mask)))
+    if shape is None or n > shape[0] or n_edges > shape[1]:
+        shape = bucket_shape(n, n_edges)
+    n_pad, e_pad = shape
+    padded = pad_structure(system, graph, n_pad, e_pad)
+    sys_p = padded.system._replace(positions=jnp.asarray(padded.system.positions))
+    vs_p = np.zeros((int(np.ceil(k / chunk)) * chunk, n_pad, 3), dtype=np.asarray(vs).dtype)
+    vs_p[:k, :n] = vs
+    out = [np.asarray(_columns(potential, sys_p, padded.graph, jnp.asarray(vs_p[c:c + chunk]), chunk))
+           for c in range(0, len(vs_p), chunk)]
+    return np.concatenate(out)[:k, :n]
+
+
 def _fresh_phonopy(phonon):
     """A copy of `phonon`'s structure and matrices without dataset or force constants."""
     from phonopy import Phonopy
@@ -84,14 +129,16 @@ def _fresh_phonopy(phonon):
 
 
 def force_constants(phonon, potential, compact: bool = False, symmetrize: bool = True,
-                    chunk: int = 16, dtype=None, assign: bool = True) -> FC2Result:
+                    chunk: int = 16, dtype=None, assign: bool = True, bucket=False) -> FC2Result:
     """FC2 of `phonon.supercell` under `potential` from HVPs on phonopy's minimal displacements.
 
     phonon: a `phonopy.Phonopy` (its unit cell, supercell and primitive matrices and symmetry
     are used; its dataset is not touched). compact: (Np, Ns, 3, 3) instead of (Ns, Ns, 3, 3).
     symmetrize: impose the acoustic sum rule and index symmetry (phonopy's projection).
     chunk: HVPs evaluated together (memory ∝ chunk). dtype: of the positions (default: the
-    potential's). assign: also set `phonon.force_constants`.
+    potential's). assign: also set `phonon.force_constants`. bucket: True pads to `bucket_shape`, an
+    (atoms, edges) pair (e.g. `common_shape` of a set of materials) pads to that shape; either
+    way `chunk` HVPs are evaluated per compiled call (compile once for many materials and models).
     Returns `FC2Result(force_constants [eV/Å²], n_hvp, n_atoms)`.
     """
     work = _fresh_phonopy(phonon)
@@ -103,7 +150,11 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     vs = np.zeros((len(disps), n, 3))
     for k, d in enumerate(disps):
         vs[k, int(d[0])] = d[1:4]
-    hv = _columns(potential, system, graph, jnp.asarray(vs, system.positions.dtype), chunk)
+    vs = vs.astype(np.asarray(system.positions).dtype)
+    if bucket is False or bucket is None:
+        hv = _columns(potential, system, graph, jnp.asarray(vs), chunk)
+    else:
+        hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket))
     work.forces = -np.asarray(hv, dtype=np.float64)
     work.produce_force_constants(calculate_full_force_constants=not compact, show_drift=False)
     if symmetrize:

@@ -70,6 +70,18 @@ def _complete_cell(cell, pbc):
     return cell
 
 
+def check_system(system: System) -> None:
+    """ValueError for what no neighbour list supports: mixed periodicity, non-finite
+    positions, a degenerate periodic cell."""
+    pbc = tuple(bool(p) for p in system.pbc)
+    if any(pbc) and not all(pbc):
+        raise ValueError(f"mixed periodicity pbc={list(pbc)} is not supported; use all True or all False")
+    if not np.all(np.isfinite(np.asarray(system.positions))):
+        raise ValueError("positions contain NaN or inf")
+    if all(pbc) and abs(np.linalg.det(np.asarray(system.cell, dtype=np.float64))) < 1e-8:
+        raise ValueError("pbc=True but the cell is degenerate (zero volume)")
+
+
 def allocate(system: System, cutoff: float, capacity_multiplier: float = 1.25,
              method: str = "auto", min_capacity: int = 16) -> tuple[NeighborSpec, Graph]:
     """Choose static sizes for `system` and build its graph. Returns `(spec, graph)`.
@@ -77,16 +89,11 @@ def allocate(system: System, cutoff: float, capacity_multiplier: float = 1.25,
     Raises ValueError if the structure is inconsistent (degenerate periodic cell) or
     mixes periodic and non-periodic axes in a way the list does not support.
     """
+    check_system(system)
     pbc = tuple(bool(p) for p in system.pbc)
     n = int(system.positions.shape[0])
-    if any(pbc) and not all(pbc):
-        raise ValueError(f"mixed periodicity pbc={list(pbc)} is not supported; use all True or all False")
-    if not np.all(np.isfinite(np.asarray(system.positions))):
-        raise ValueError("positions contain NaN or inf")
     cell = np.asarray(system.cell, dtype=np.float64)
     if all(pbc):
-        if abs(np.linalg.det(cell)) < 1e-8:
-            raise ValueError("pbc=True but the cell is degenerate (zero volume)")
         spacing = _plane_spacings(cell)
         images = tuple(int(np.ceil(cutoff / s)) for s in spacing)
         bins = tuple(int(np.floor(s / cutoff)) for s in spacing)

@@ -2,8 +2,8 @@
 
 Phonons (MDR phonon benchmark protocol, Loew et al., npj Comput. Mater. 2025):
     unrelaxed  FC2 of the model on the DFT supercell as given;
-    relaxed    relax the unit cell (positions + cell, ASE FIRE, `phonons.relax_atoms`), then FC2
-               on the DFT supercell matrix.
+    relaxed    relax the unit cell (positions + cell, batched FIRE, `relax_unit_cells`), then
+               FC2 on the DFT supercell matrix.
 Both take the DFT Born charges/ε∞ (NAC) where the data set has them, and report
 ν_max [THz], S, Cv [J/K/mol] and F [kJ/mol] at `temperature` and the model − DFT errors.
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from curvax import relax_loss
 from curvax.pft_loss import EFSWeights, batch_efs_loss
+from curvax.potentials.base import parameter_dtype
 from curvax.phonons import COMPARED, compare, phonon_properties
 
 _efs_mae = eqx.filter_jit(batch_efs_loss)
@@ -30,8 +31,10 @@ PROPERTY_UNITS = {"max_frequency": "THz", "entropy": "J/K/mol", "free_energy": "
                   "heat_capacity": "J/K/mol"}
 
 
-def _model_phonopy(dft, atoms, potential):
-    """A phonopy object for `atoms` on the DFT supercell/primitive matrices with model FC2."""
+def _model_phonopy(dft, atoms, potential, shape=None):
+    """A phonopy object for `atoms` on the DFT supercell/primitive matrices with model FC2
+    (shape-bucketed HVPs, padded to `shape` (atoms, edges) where given: materials of similar
+    size and all models of one architecture share compiled programs)."""
     from phonopy import Phonopy
 
     from curvax.force_constants import atoms_to_phonopy, force_constants
@@ -40,42 +43,109 @@ def _model_phonopy(dft, atoms, potential):
                  primitive_matrix=dft.primitive_matrix, symprec=dft.symmetry.tolerance, log_level=0)
     if dft.nac_params is not None:
         ph.nac_params = dft.nac_params
-    force_constants(ph, potential)
+    force_constants(ph, potential, bucket=shape or True, chunk=8)
     return ph
 
 
+def shape_groups(phonons, cutoff: float, max_groups: int = 2) -> list:
+    """A padded (atoms, edges) shape per phonopy object: the objects sorted by supercell size
+    are cut into `max_groups` groups of consecutive sizes, each padded to its `common_shape`,
+    so a whole evaluation compiles about `max_groups` HVP programs."""
+    from curvax.force_constants import common_shape, supercell_shape
+
+    shapes = [supercell_shape(p, cutoff) for p in phonons]
+    order = np.argsort([a * 10 ** 7 + e for a, e in shapes])
+    out = [None] * len(shapes)
+    for group in np.array_split(order, min(max_groups, len(shapes))):
+        common = common_shape([shapes[k] for k in group])
+        for k in group:
+            out[k] = common
+    return out
+
+
+def relax_unit_cells(potential, cells: list, fmax: float = 5e-3, steps: int = 500) -> list:
+    """Relax unit cells (positions + cell, batched JAX FIRE, `relax.relax_systems`: one
+    compilation for all cells and every model of one architecture). Returns a list of
+    `ase.Atoms`, or of ValueError for a relaxation that did not converge or went non-finite."""
+    from curvax.relax import relax_systems
+    from curvax.system import from_atoms, to_atoms
+
+    if not cells:
+        return []
+    systems = [from_atoms(a, dtype=parameter_dtype(potential)) for a in cells]
+    relaxed, info = [None] * len(cells), {k: [None] * len(cells) for k in ("fmax", "converged", "energy")}
+    order = np.argsort([len(a) for a in cells], kind="stable")
+    for group in np.array_split(order, min(2, len(cells))):  # small cells are not padded to the largest
+        r, i = relax_systems(potential, [systems[k] for k in group], cell=True, steps=steps, fmax=fmax)
+        for j, k in enumerate(group):
+            relaxed[k] = r[j]
+            for key in info:
+                info[key][k] = i[key][j]
+    out = []
+    for s, fm, ok, e in zip(relaxed, info["fmax"], info["converged"], info["energy"]):
+        if not (np.isfinite(fm) and np.isfinite(e)):
+            out.append(ValueError("relaxation went non-finite (NaN/inf energy or forces)"))
+        elif not ok:
+            out.append(ValueError(f"relaxation not converged in {steps} FIRE steps (max |F| = {fm:.2e} eV/Å)"))
+        else:
+            out.append(to_atoms(s))
+    return out
+
+
 def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10, 10),
-                protocols=("unrelaxed", "relaxed"), fmax: float = 5e-3, progress=print) -> list[dict]:
+                protocols=("unrelaxed", "relaxed"), fmax: float = 5e-3, progress=print,
+                relax_max_atoms: int | None = None) -> list[dict]:
     """One row per (material, protocol, model): properties, DFT values and errors (`compare`).
 
     models: {label: potential}; datasets: paths for `phonon_data.load_phonopy_dataset`.
-    A relaxation that does not converge is reported in the row ("error") instead of aborting."""
+    The relaxed protocol relaxes every material's unit cell per model in one batched run
+    (`relax_unit_cells`), only for unit cells of ≤ `relax_max_atoms` atoms when given (a
+    relaxation costs hundreds of force+stress evaluations). A relaxation that does not
+    converge is reported in the row ("error") instead of aborting."""
+    import time
+
     from curvax.force_constants import phonopy_to_atoms
     from curvax.phonon_data import dataset_name, load_phonopy_dataset
-    from curvax.phonons import relax_atoms
 
-    rows = []
+    materials = []
     for path in datasets:
         dft = load_phonopy_dataset(path)
-        name = dataset_name(path)
-        ref = phonon_properties(dft, temperature, mesh)
-        unit = phonopy_to_atoms(dft.unitcell)
+        materials.append((dataset_name(path), dft, phonon_properties(dft, temperature, mesh),
+                          phonopy_to_atoms(dft.unitcell)))
+    cutoff = next(iter(models.values())).cutoff
+    shapes = shape_groups([m[1] for m in materials], cutoff)
+    relaxable = [k for k, m in enumerate(materials) if relax_max_atoms is None or len(m[3]) <= relax_max_atoms]
+    starts = {}
+    if "relaxed" in protocols:
+        for label, pot in models.items():
+            t = time.time()
+            cells = relax_unit_cells(pot, [materials[k][3] for k in relaxable], fmax=fmax)
+            starts[label] = dict(zip(relaxable, cells))
+            if progress:
+                progress(f"relaxed {len(cells)} unit cells with {label} ({time.time() - t:.0f} s)")
+    n_all = len(models) * (len(materials) * ("unrelaxed" in protocols) + len(relaxable) * ("relaxed" in protocols))
+    rows, t0, n_done = [], time.time(), 0
+    for k, (name, dft, ref, unit) in enumerate(materials):
         for protocol in protocols:
+            if protocol == "relaxed" and k not in relaxable:
+                continue
             for label, pot in models.items():
                 row = {"material": name, "protocol": protocol, "model": label}
+                atoms = starts[label][k] if protocol == "relaxed" else unit
                 try:
-                    atoms = relax_atoms(unit, pot, fmax=fmax, steps=500) if protocol == "relaxed" else unit
-                    props = phonon_properties(_model_phonopy(dft, atoms, pot), temperature, mesh)
+                    if isinstance(atoms, Exception):
+                        raise atoms
+                    props = phonon_properties(_model_phonopy(dft, atoms, pot, shapes[k]), temperature, mesh)
                     row.update(compare(props, ref))
                 except ValueError as e:
                     row["error"] = str(e)
                 rows.append(row)
+                n_done += 1
                 if progress:
-                    progress(_row_line(row))
-        # Each material's supercell compiles its own programs and none is reused by the next;
-        # their JIT-linked code stays mapped (a few maps per kernel) and a long evaluation would
-        # exceed vm.max_map_count (65530), crashing XLA. Release them.
-        jax.clear_caches()
+                    eta = (time.time() - t0) / n_done * (n_all - n_done)
+                    progress(f"[{n_done}/{n_all}, ETA {eta:.0f} s] " + _row_line(row))
+    # compiled programs of the evaluation (a few per shape bucket) are not needed afterwards
+    jax.clear_caches()
     return rows
 
 
@@ -84,6 +154,22 @@ def _row_line(row) -> str:
         return f"{row['material']:>10} {row['protocol']:>9} {row['model']:>12}  failed: {row['error']}"
     return (f"{row['material']:>10} {row['protocol']:>9} {row['model']:>12}  " + "  ".join(
         f"{k}={row[k]['model']:.3f} (DFT {row[k]['dft']:.3f})" for k in COMPARED))
+
+
+def per_material_changes(rows: list[dict], model: str = "fine-tuned") -> str:
+    """Per material and protocol: |error| of `model` minus |error| of the base, each property
+    (negative: `model` is closer to DFT), and how many of the four properties improved."""
+    index = {(r["material"], r["protocol"], r["model"]): r for r in rows if "error" not in r}
+    lines = [f"Per material: |{model} − DFT| − |base − DFT|  (negative = better)",
+             f"{'material':<14}{'protocol':<10}" + "".join(f"{k:>16}" for k in COMPARED) + f"{'better':>8}"]
+    for (mat, protocol, label), r in index.items():
+        b = index.get((mat, protocol, "base"))
+        if label != model or b is None:
+            continue
+        d = [r[k]["abs_error"] - b[k]["abs_error"] for k in COMPARED]
+        lines.append(f"{mat:<14}{protocol:<10}" + "".join(f"{x:>+16.4f}" for x in d)
+                     + f"{sum(x < 0 for x in d):>6}/4")
+    return "\n".join(lines)
 
 
 def phonon_summary(rows: list[dict]) -> dict:
@@ -127,15 +213,19 @@ def relaxation_errors(models: dict, pairs, steps: int = 300, fmax: float = 0.02)
 
 
 def format_report(summary: dict, efs: dict | None = None, relax: dict | None = None,
-                  temperature: float = 300.0) -> str:
-    """Plain-text before/after tables."""
-    w = max([len(m) for _, m in summary] + [len(m) for m in (efs or {})] + [5]) + 2
-    lines = [f"Phonon property MAE vs DFT on held-out materials (T = {temperature:g} K)",
+                  temperature: float = 300.0, title: str = "held-out materials") -> str:
+    """Plain-text before/after tables (with the % change of each model's MAE vs the base)."""
+    w = max([len(m) for _, m in summary] + [len(m) for m in (efs or {})] + [9]) + 2
+    lines = [f"Phonon property MAE vs DFT on {title} (T = {temperature:g} K)",
              f"{'protocol':<10}{'model':<{w}}{'n':>3}" + "".join(
                  f"{k + ' [' + PROPERTY_UNITS[k] + ']':>26}" for k in COMPARED)]
     for (protocol, model), d in summary.items():
         failed = f"  ({d['n_failed']} failed)" if d["n_failed"] else ""
         lines.append(f"{protocol:<10}{model:<{w}}{d['n']:>3}" + "".join(f"{d[k]:>26.4f}" for k in COMPARED) + failed)
+        base = summary.get((protocol, "base"))
+        if base is not None and model != "base":
+            lines.append(f"{'':<10}{'  vs base':<{w}}{'':>3}" + "".join(
+                f"{100 * (d[k] / base[k] - 1) if base[k] else float('nan'):>+25.1f}%" for k in COMPARED))
     if efs:
         lines += ["", "Forgetting: E/F/S MAE on held-out upstream frames",
                   f"{'model':<{w}}{'E [meV/atom]':>14}{'F [meV/Å]':>12}{'σ [meV/Å³]':>12}"]

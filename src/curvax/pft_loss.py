@@ -56,16 +56,23 @@ def sample_direction(key, node_mask, mode: str = "unit"):
 
 def structure_hvp(potential, s: Batch, v):
     """(F, H·v) of one (padded) structure [eV/Å]: one jvp of the gradient, whose primal output
-    is −F, so the forces come for free with the HVP."""
+    is −F, so the forces come for free with the HVP. v: (N, 3), or (P, N, 3) for P probes that
+    share one primal pass (the jvp is vmapped over the probes; the force pass is not)."""
     e = derivatives.position_energy_fn(potential, s.system, s.graph)
-    g, hv = jax.jvp(jax.grad(e), (s.system.positions,), (v.astype(s.system.positions.dtype),))
-    return -g, hv
+    x = s.system.positions
+    if v.ndim == 2:
+        g, hv = jax.jvp(jax.grad(e), (x,), (v.astype(x.dtype),))
+        return -g, hv
+    g, lin = jax.linearize(jax.grad(e), x)
+    return -g, jax.vmap(lin)(v.astype(x.dtype))
 
 
 def _probe_error(s: Batch, hv, fc, v, kind: str):
-    target = jnp.einsum("ijab,jb->ia", fc, v)
+    """Mean over probes (leading axes of v) of (1/3N) Σ_iβ err((Hv)_iβ − (Φv)_iβ)."""
+    target = jnp.einsum("ijab,...jb->...ia", fc, v)
     m = s.node_mask[:, None]
-    return jnp.sum(jnp.where(m, _err(hv - target, kind), 0.0)) / (3 * jnp.sum(s.node_mask))
+    n_probes = max(1, v.size // (v.shape[-2] * 3))
+    return jnp.sum(jnp.where(m, _err(hv - target, kind), 0.0)) / (3 * jnp.sum(s.node_mask) * n_probes)
 
 
 def hessian_probe_loss(potential, s: Batch, fc, v, kind: str = "mae"):
@@ -113,12 +120,21 @@ def batch_efs_loss(potential, batch: Batch, w: EFSWeights, kind: str = "mae"):
     return jnp.mean(tot), {k: jnp.mean(v) for k, v in terms.items()}
 
 
+def sample_directions(key, node_mask, mode: str = "unit", n_probes: int = 1):
+    """`n_probes` independent probe vectors, shape (n_probes, N, 3) (see `sample_direction`)."""
+    return jax.vmap(lambda k: sample_direction(k, node_mask, mode))(jax.random.split(key, n_probes))
+
+
 def phonon_loss(potential, s: Batch, fc, key, w_hessian: float, w: EFSWeights,
-                mode: str = "unit", kind: str = "mae"):
+                mode: str = "unit", kind: str = "mae", n_probes: int = 1):
     """w_H·L_H + L_EFS of one phonon structure. With w_E = w_S = 0 (the default: DFT phonon
     supercells carry forces only) the force term uses the forces of the HVP's own primal pass,
-    so a phonon step costs one forward-over-reverse pass, not an extra force+stress pass."""
-    v = sample_direction(key, s.node_mask, mode).astype(fc.dtype)
+    so a phonon step costs one forward-over-reverse pass, not an extra force+stress pass.
+    n_probes > 1: L_H is the mean over that many probes, all from one linearisation of the
+    forces (one primal pass, `n_probes` tangent passes): less noise per step for less than
+    `n_probes` times the cost."""
+    v = (sample_direction(key, s.node_mask, mode) if n_probes == 1
+         else sample_directions(key, s.node_mask, mode, n_probes)).astype(fc.dtype)
     f, hv = structure_hvp(potential, s, v)
     lh = _probe_error(s, hv, fc, v, kind)
     if w.energy or w.stress:
@@ -130,9 +146,9 @@ def phonon_loss(potential, s: Batch, fc, key, w_hessian: float, w: EFSWeights,
 
 
 def batch_phonon_loss(potential, batch: Batch, fc, key, w_hessian: float, w: EFSWeights,
-                      mode: str = "unit", kind: str = "mae"):
-    """Mean over structures of `phonon_loss` (one HVP each)."""
+                      mode: str = "unit", kind: str = "mae", n_probes: int = 1):
+    """Mean over structures of `phonon_loss` (`n_probes` HVPs each)."""
     keys = jax.random.split(key, fc.shape[0])
     tot, terms = eqx.filter_vmap(
-        lambda s, f, k: phonon_loss(potential, s, f, k, w_hessian, w, mode, kind))(batch, fc, keys)
+        lambda s, f, k: phonon_loss(potential, s, f, k, w_hessian, w, mode, kind, n_probes))(batch, fc, keys)
     return jnp.mean(tot), {k: jnp.mean(v) for k, v in terms.items()}

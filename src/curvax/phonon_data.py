@@ -7,7 +7,11 @@ Three layouts of phonopy data are read (all in phonopy's units for VASP: Å, eV/
 * a phonopy parameter file ``phonopy_params*.yaml[.xz]`` / ``phonopy_*.yaml[.xz]`` that holds
   the structure, supercell matrix and displacements with forces (and possibly NAC);
 * ``POSCAR_<sg>`` + ``FORCE_SETS_<sg>`` (phonopy's space-group test set). These carry no
-  supercell matrix; it is inferred (`infer_supercell_matrix`).
+  supercell matrix; it is inferred (`infer_supercell_matrix`);
+* a phonondb archive ``*.tar.lzma`` (Kyoto phonondb, A. Togo: one folder with
+  ``POSCAR-unitcell``, ``phonopy.conf`` (``DIM``, ``PRIMITIVE_AXIS``), ``FORCE_SETS`` and
+  ``BORN`` for insulators), read in memory — no unpacking (`load_phonondb`); a folder holding
+  ``manifest.csv`` and ``materials/`` is a phonondb (`phonondb_entries`).
 
 Every loader returns a `phonopy.Phonopy` whose ``force_constants`` are produced from the DFT
 forces by phonopy's least-squares solver with symmetrisation (translational invariance / acoustic
@@ -28,10 +32,12 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["load_phonopy_dataset", "list_datasets", "infer_supercell_matrix", "dataset_name"]
+__all__ = ["load_phonopy_dataset", "list_datasets", "infer_supercell_matrix", "dataset_name",
+           "load_phonondb", "phonondb_entries", "PhonondbEntry"]
 
 _PARAMS_RE = re.compile(r"^phonopy_.*\.yaml(\.xz)?$")
 _DISP_NAMES = ("phonopy_disp.yaml", "phonopy_disp.yaml.xz")
@@ -45,6 +51,8 @@ def list_datasets(root) -> list[Path]:
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such phonon data directory")
+    if (root / "manifest.csv").is_file():
+        return [e.path for e in phonondb_entries(root)]
     found: list[Path] = []
     for p in sorted(root.rglob("*")):
         if p.is_dir() and any((p / n).is_file() for n in _DISP_NAMES):
@@ -54,6 +62,8 @@ def list_datasets(root) -> list[Path]:
         elif p.is_file() and p.name.startswith("POSCAR_"):
             if (p.parent / ("FORCE_SETS_" + p.name[len("POSCAR_"):])).is_file():
                 found.append(p)
+        elif p.is_file() and p.name.endswith(".tar.lzma"):
+            found.append(p)
     return found
 
 
@@ -64,6 +74,9 @@ def dataset_name(path) -> str:
     if p.is_dir():
         return p.name
     name = p.name
+    if name.endswith(".tar.lzma"):  # phonondb: materials-id-23330-naclo3-p2-13-198 -> mp-23330
+        m = re.match(r"materials-id-(\d+)-", name)
+        return f"mp-{m.group(1)}" if m else name[: -len(".tar.lzma")]
     if name.startswith("POSCAR_"):
         return name[len("POSCAR_"):]
     name = re.sub(r"\.yaml(\.xz)?$", "", name)
@@ -99,7 +112,9 @@ def _load(p: Path, symmetrize_fc: bool, is_nac: bool, log_level: int):
         if disp is None:
             raise FileNotFoundError(f"{p}: directory has no phonopy_disp.yaml")
         p = disp
-    if p.name.startswith("POSCAR_"):
+    if p.name.endswith(".tar.lzma"):
+        ph, forces_file = _load_phonondb_archive(p, kw)
+    elif p.name.startswith("POSCAR_"):
         ph, forces_file = _load_poscar_set(p, kw)
     elif p.name.startswith("phonopy_disp"):
         forces_file = p.parent / "FORCE_SETS"
@@ -276,3 +291,112 @@ def _load_poscar_set(poscar: Path, kw: dict):
                          f"the supercell of {poscar} has {len(ph.supercell)}")
     ph.dataset = data
     return ph, forces_file
+
+
+# ---------------------------------------------------------------------------------- phonondb
+
+
+class PhonondbEntry(NamedTuple):
+    """One row of a phonondb `manifest.csv`."""
+
+    path: Path  # the material's .tar.lzma
+    mp_id: str
+    formula: str
+    spacegroup: int
+    n_supercell: int  # atoms in the DFT supercell
+    n_displacements: int
+
+
+def phonondb_entries(root, max_atoms: int | None = None) -> list[PhonondbEntry]:
+    """The materials of a phonondb folder (`manifest.csv` + `materials/`), manifest order
+    (by supercell size), optionally only those with ≤ `max_atoms` supercell atoms."""
+    import csv
+
+    root = Path(root)
+    manifest = root / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: missing (a phonondb folder holds manifest.csv and materials/)")
+    out = []
+    with open(manifest, newline="") as f:
+        for k, row in enumerate(csv.DictReader(f)):
+            try:
+                e = PhonondbEntry(root / row["file"], row["mp_id"], row["formula"], int(row["spacegroup_number"]),
+                                  int(row["n_supercell"]), int(row["n_displacements"]))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"{manifest}: row {k + 2}: {exc!r} (expected columns file, mp_id, formula, "
+                                 f"spacegroup_number, n_supercell, n_displacements)") from None
+            if max_atoms is None or e.n_supercell <= max_atoms:
+                out.append(e)
+    return out
+
+
+def load_phonondb(path, **kw):
+    """One phonondb material (`.tar.lzma`) as a `phonopy.Phonopy` with DFT force constants
+    (full layout, eV/Å²) and NAC parameters where the archive has a BORN file."""
+    return load_phonopy_dataset(path, **kw)
+
+
+def _read_conf_matrix(text: str, key: str, where):
+    for line in text.splitlines():
+        k, _, v = line.partition("=")
+        if k.strip().upper() == key:
+            if v.strip().lower() == "auto":
+                return "auto"
+            try:
+                vals = [_fraction(x) for x in v.split()]
+            except ValueError:
+                raise ValueError(f"{where}: cannot parse {key} = {v.strip()!r}") from None
+            if len(vals) == 3:
+                return np.diag(vals)
+            if len(vals) == 9:
+                return np.reshape(vals, (3, 3))
+            raise ValueError(f"{where}: {key} needs 3 or 9 numbers, got {v.strip()!r}")
+    return None
+
+
+def _fraction(x: str) -> float:
+    num, _, den = x.partition("/")
+    return float(num) / float(den) if den else float(num)
+
+
+def _load_phonondb_archive(path: Path, kw: dict):
+    """Read POSCAR-unitcell, phonopy.conf, FORCE_SETS (and BORN) from the archive in memory
+    (written to a temporary folder only for phonopy's file readers)."""
+    import lzma
+    import tarfile
+    import tempfile
+
+    import phonopy
+
+    names = ("POSCAR-unitcell", "phonopy.conf", "FORCE_SETS", "BORN")
+    try:
+        with tarfile.open(path) as tar:
+            files = {Path(m.name).name: tar.extractfile(m).read().decode()
+                     for m in tar.getmembers() if m.isfile() and Path(m.name).name in names}
+    except (tarfile.TarError, lzma.LZMAError, EOFError, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable phonondb archive ({type(exc).__name__}: {exc})") from None
+    for need in names[:3]:
+        if need not in files:
+            raise ValueError(f"{path}: archive has no {need}")
+    where = f"{path}:phonopy.conf"
+    smat = _read_conf_matrix(files["phonopy.conf"], "DIM", where)
+    if smat is None:
+        raise ValueError(f"{where}: no DIM (supercell matrix)")
+    pmat = _read_conf_matrix(files["phonopy.conf"], "PRIMITIVE_AXIS", where)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        data = _read_force_sets(Path(tmp) / "FORCE_SETS")
+        _check_dataset_finite(data, f"{path}:FORCE_SETS")
+        try:
+            ph = phonopy.load(unitcell_filename=str(Path(tmp) / "POSCAR-unitcell"),
+                              supercell_matrix=np.rint(smat).astype(int),
+                              primitive_matrix=pmat if pmat is not None else "auto",
+                              born_filename=str(Path(tmp) / "BORN") if "BORN" in files else None, **kw)
+        except Exception as exc:
+            raise ValueError(f"{path}: phonopy could not read the archive's files ({type(exc).__name__}: {exc})") from None
+    if len(ph.supercell) != int(data["natom"]):
+        raise ValueError(f"{path}:FORCE_SETS: supercell size mismatch: {data['natom']} atoms, "
+                         f"DIM gives {len(ph.supercell)}")
+    ph.dataset = data
+    return ph, f"{path}:FORCE_SETS"

@@ -64,9 +64,29 @@ class NequixPotential(Potential):
         return path
 
 
+# The keys that define the network (what `nequix.model.load_model` builds from); training
+# metadata (paths, optimiser, epochs, ...) differs between a base model and its fine-tuned
+# versions and must not make them different programs to JAX.
+ARCHITECTURE_KEYS = ("atomic_numbers", "hidden_irreps", "lmax", "cutoff", "n_layers", "radial_basis_size",
+                     "radial_mlp_size", "radial_mlp_layers", "radial_polynomial_p", "mlp_init_scale",
+                     "index_weights", "layer_norm", "shift", "scale", "avg_n_neighbors")
+
+
 class _HashableDict(dict):
+    """The model config as a static field: hashed and compared on `ARCHITECTURE_KEYS` only, so
+    models of one architecture (base, fine-tuned, the authors' PFT) share compiled programs."""
+
+    def _arch(self):
+        return json.dumps({k: self.get(k) for k in ARCHITECTURE_KEYS}, sort_keys=True, default=str)
+
     def __hash__(self):
-        return hash(json.dumps(self, sort_keys=True, default=str))
+        return hash(self._arch())
+
+    def __eq__(self, other):
+        return isinstance(other, _HashableDict) and self._arch() == other._arch()
+
+    def __ne__(self, other):
+        return not self == other
 
 
 def jax_tree_cast(tree, dtype):
@@ -120,5 +140,22 @@ def load_nequix(name_or_path: str, dtype=None, download: bool = False) -> Nequix
             model, config = load_model(str(path), kernel=False)
     except Exception as e:  # truncated / incompatible weights
         raise ValueError(f"{path}: could not read Nequix weights ({type(e).__name__}: {e})") from e
-    pot = NequixPotential(model, config)
+    pot = NequixPotential(_shared_static(model, _HashableDict(config)), config)
     return pot.astype(dtype) if dtype is not None else pot
+
+
+_STATIC_TEMPLATES: dict = {}
+
+
+def _shared_static(model, config: _HashableDict):
+    """`model` rebuilt on the tree structure of the first loaded model of the same architecture.
+
+    e3nn's layers keep objects compared by identity (FunctionalLinear) in their static fields,
+    so two loads of one architecture would be different programs to JAX and every model would
+    recompile everything; sharing the structure lets base, fine-tuned and reference models
+    reuse compiled code (the parameters are arguments)."""
+    leaves, treedef = jax.tree.flatten(model)
+    template = _STATIC_TEMPLATES.setdefault(config._arch(), treedef)
+    if str(template) != str(treedef):  # identity-free comparison
+        return model
+    return jax.tree.unflatten(template, leaves)
