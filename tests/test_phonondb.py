@@ -44,7 +44,7 @@ def test_archive_equals_phonopy_on_the_unpacked_files(tmp_path):
     # physical: acoustic sum rule, Γ acoustic modes ≈ 0, no instability at Γ for this material
     assert np.abs(ph.force_constants.sum(axis=1)).max() < 1e-8
     ph.run_qpoints([[0, 0, 0]])
-    freqs = ph.get_qpoints_dict()["frequencies"][0]
+    freqs = ph.qpoints.frequencies[0]
     assert np.abs(freqs[:3]).max() < 0.05 and freqs[3:].min() > 0.5
     assert dataset_name(entry.path) == entry.mp_id
 

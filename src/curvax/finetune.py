@@ -315,7 +315,7 @@ class PhononValidation:
         self.temperature, self.mesh = temperature, tuple(mesh)
         self.dft = [load_phonopy_dataset(p) for p in paths]
         self.ref = [phonon_properties(d, temperature, self.mesh) for d in self.dft]
-        self.shapes = pft_eval.shape_groups(self.dft, base.cutoff, max_groups=1) if paths else []
+        self.shapes = pft_eval.shape_groups(self.dft, base.cutoff) if paths else []
         self.base_mae = self.mae(base) if paths else None
 
     def mae(self, potential) -> dict:

@@ -47,18 +47,21 @@ def _model_phonopy(dft, atoms, potential, shape=None):
     return ph
 
 
-def shape_groups(phonons, cutoff: float, max_groups: int = 2) -> list:
-    """A padded (atoms, edges) shape per phonopy object: the objects sorted by supercell size
-    are cut into `max_groups` groups of consecutive sizes, each padded to its `common_shape`,
-    so a whole evaluation compiles about `max_groups` HVP programs."""
-    from curvax.force_constants import common_shape, supercell_shape
+def shape_groups(phonons, cutoff: float) -> list:
+    """A padded (atoms, edges) shape per phonopy object: supercells are grouped by their atom
+    bucket (`bucket_shape`: multiples of 32) and each group padded to its `common_shape`, so an
+    evaluation compiles one HVP program per atom bucket and no 40-atom supercell is padded to
+    the size of a 72-atom one."""
+    from curvax.force_constants import bucket_shape, common_shape, supercell_shape
 
     shapes = [supercell_shape(p, cutoff) for p in phonons]
-    order = np.argsort([a * 10 ** 7 + e for a, e in shapes])
+    groups = {}
+    for k, (a, e) in enumerate(shapes):
+        groups.setdefault(bucket_shape(a, e)[0], []).append(k)
     out = [None] * len(shapes)
-    for group in np.array_split(order, min(max_groups, len(shapes))):
-        common = common_shape([shapes[k] for k in group])
-        for k in group:
+    for members in groups.values():
+        common = common_shape([shapes[k] for k in members])
+        for k in members:
             out[k] = common
     return out
 
