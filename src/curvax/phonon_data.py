@@ -10,7 +10,7 @@ Three layouts of phonopy data are read (all in phonopy's units for VASP: Å, eV/
   supercell matrix; it is inferred (`infer_supercell_matrix`);
 * a phonondb archive ``*.tar.lzma`` (Kyoto phonondb, A. Togo: one folder with
   ``POSCAR-unitcell``, ``phonopy.conf`` (``DIM``, ``PRIMITIVE_AXIS``), ``FORCE_SETS`` and
-  ``BORN`` for insulators), read in memory — no unpacking (`load_phonondb`); a folder holding
+  ``BORN`` for insulators), read in memory — no unpacking; a folder holding
   ``manifest.csv`` and ``materials/`` is a phonondb (`phonondb_entries`).
 
 Every loader returns a `phonopy.Phonopy` whose ``force_constants`` are produced from the DFT
@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["load_phonopy_dataset", "list_datasets", "infer_supercell_matrix", "dataset_name",
-           "load_phonondb", "phonondb_entries", "PhonondbEntry"]
+           "phonondb_entries", "PhonondbEntry"]
 
 _PARAMS_RE = re.compile(r"^phonopy_.*\.yaml(\.xz)?$")
 _DISP_NAMES = ("phonopy_disp.yaml", "phonopy_disp.yaml.xz")
@@ -328,12 +328,6 @@ def phonondb_entries(root, max_atoms: int | None = None) -> list[PhonondbEntry]:
             if max_atoms is None or e.n_supercell <= max_atoms:
                 out.append(e)
     return out
-
-
-def load_phonondb(path, **kw):
-    """One phonondb material (`.tar.lzma`) as a `phonopy.Phonopy` with DFT force constants
-    (full layout, eV/Å²) and NAC parameters where the archive has a BORN file."""
-    return load_phonopy_dataset(path, **kw)
 
 
 def _read_conf_matrix(text: str, key: str, where):
