@@ -2,7 +2,7 @@
 structures/s, and peak memory of the sampled-HVP loss vs the dense-Hessian loss.
 
     .venv/bin/python benchmarks/bench_pft.py                 # defaults (2-core CPU: ≈ 20 min, mostly compiling)
-    .venv/bin/python benchmarks/bench_pft.py --atoms 64 --batch 4 --memory-sizes 8 16 32 64
+    .venv/bin/python benchmarks/bench_pft.py --atoms 64 --batch 4 --memory-sizes 8 16 32 64 128
 
 (1) one optimizer update of Nequix MP (float32, jit, median after compilation) on a batch of
     rattled Si supercells:
@@ -10,7 +10,9 @@ structures/s, and peak memory of the sampled-HVP loss vs the dense-Hessian loss.
       phonon step  grad_θ [100·L_H(one HVP) + 20·L_F]      (forces from the HVP's primal pass)
     target: phonon / EFS ≤ 2.5.
 (2) compiled peak temporary memory (XLA memory analysis) of grad_θ of the per-structure
-    Hessian loss: sampled (one HVP) vs dense (jax.hessian, 3N columns), vs supercell size.
+    Hessian loss: sampled (one HVP), sampled with the interaction blocks rematerialised
+    (`potential.rematerialised()`, target ≤ 1.5 GB at 64 atoms) and dense (jax.hessian, 3N
+    columns, only up to `--dense-max-atoms`), vs supercell size.
 """
 from __future__ import annotations
 
@@ -78,24 +80,29 @@ def peak_bytes(fn, *args):
     return m.temp_size_in_bytes + m.output_size_in_bytes
 
 
-def bench_memory(pot, sizes):
+def bench_memory(pot, sizes, dense_max_atoms=16):
     print("== memory of grad_θ of the Hessian loss per structure (compiled temp + output)")
-    print(f"  {'atoms':>6} {'edges':>7} {'HVP-sampled MiB':>15} {'dense MiB':>10} {'dense/HVP':>10}")
+    print(f"  {'atoms':>6} {'edges':>7} {'HVP MiB':>9} {'HVP remat MiB':>14} {'remat/HVP':>10} "
+          f"{'dense MiB':>10} {'dense/HVP':>10}")
     params, static = eqx.partition(pot, eqx.is_inexact_array)
+    static_remat = eqx.partition(pot.rematerialised(), eqx.is_inexact_array)[1]
     key = jax.random.PRNGKey(0)
     for n in sizes:
         batch, fc = si_batch(pot, n, 1)
         s, f = batching.take(batch, 0), fc[0]
 
-        def sampled(p):
+        def sampled(p, static=static):
             return jax.grad(lambda q: hessian_column_loss(eqx.combine(q, static), s, f, key))(p)
 
         def dense(p):
             return jax.grad(lambda q: dense_hessian_loss(eqx.combine(q, static), s, f, "mae"))(p)
 
-        a, b = peak_bytes(sampled, params), peak_bytes(dense, params)
-        print(f"  {s.system.positions.shape[0]:6d} {int(np.sum(np.asarray(s.graph.mask))):7d} "
-              f"{a / 2**20:15.1f} {b / 2**20:10.1f} {b / a:10.1f}")
+        a = peak_bytes(sampled, params)
+        r = peak_bytes(lambda p: sampled(p, static_remat), params)
+        n_atoms = s.system.positions.shape[0]
+        b = peak_bytes(dense, params) if n_atoms <= dense_max_atoms else float("nan")
+        print(f"  {n_atoms:6d} {int(np.sum(np.asarray(s.graph.mask))):7d} {a / 2**20:9.1f} {r / 2**20:14.1f} "
+              f"{r / a:10.2f} {b / 2**20:10.1f} {b / a:10.1f}")
 
 
 def main(argv=None):
@@ -104,12 +111,15 @@ def main(argv=None):
     p.add_argument("--atoms", type=int, default=16, help="supercell size for the step timing")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--memory-sizes", type=int, nargs="*", default=[2, 8, 16])
+    p.add_argument("--dense-max-atoms", type=int, default=16)
+    p.add_argument("--remat", action="store_true", help="time the steps with rematerialised interaction blocks")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
     pot = load_nequix(args.model)
-    bench_steps(pot, args.atoms, args.batch, args.repeat)
+    if args.atoms:
+        bench_steps(pot.rematerialised(args.remat), args.atoms, args.batch, args.repeat)
     if args.memory_sizes:
-        bench_memory(pot, args.memory_sizes)
+        bench_memory(pot, args.memory_sizes, args.dense_max_atoms)
     return 0
 
 

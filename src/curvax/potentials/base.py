@@ -27,6 +27,12 @@ class Potential(eqx.Module):
     def __call__(self, r_ij, numbers, senders, receivers):
         raise NotImplementedError
 
+    def rematerialised(self, on: bool = True) -> "Potential":
+        """A copy that recomputes its internals in reverse passes instead of storing them
+        (`jax.checkpoint`), for memory-bound higher-order AD; the same numbers. Potentials
+        without layers have nothing to recompute and return themselves."""
+        return self
+
     def astype(self, dtype):
         """A copy with every floating-point parameter cast to `dtype` (e.g. jnp.float64 for FD tests)."""
         return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, self)

@@ -30,17 +30,27 @@ NEQUIX_URLS = {
 
 
 class NequixPotential(Potential):
-    """Per-atom energies from a Nequix model. `model` is the trainable pytree."""
+    """Per-atom energies from a Nequix model. `model` is the trainable pytree.
+
+    With `remat` every interaction block runs under `jax.checkpoint`: reverse passes keep only
+    the block inputs and recompute the block's internals, which bounds the memory of the
+    third-order AD in the phonon fine-tuning loss (grad_θ of an HVP) by about one block's
+    activations instead of all of them (benchmarks/bench_pft.py). Same numbers either way."""
 
     model: eqx.Module
     config: dict = eqx.field(static=True)
+    remat: bool = eqx.field(static=True)
 
-    def __init__(self, model, config):
+    def __init__(self, model, config, remat: bool = False):
         self.model = model
         self.config = _HashableDict(config)
+        self.remat = bool(remat)
         self.cutoff = float(config["cutoff"])
         self.n_interactions = int(config["n_layers"])
         self.elements = tuple(int(z) for z in config["atomic_numbers"])
+
+    def rematerialised(self, on: bool = True) -> "NequixPotential":
+        return NequixPotential(self.model, self.config, on)
 
     def species(self, numbers):
         """Atomic numbers -> model species indices (unknown elements map to 0: call check_species first)."""
@@ -49,7 +59,11 @@ class NequixPotential(Potential):
         return jnp.asarray(table)[jnp.clip(numbers, 0, len(table) - 1)]
 
     def __call__(self, r_ij, numbers, senders, receivers):
-        e = self.model.node_energies(r_ij, self.species(numbers), senders, receivers)
+        species = self.species(numbers)
+        if self.remat:
+            e = _checkpointed_node_energies(self.model, r_ij, species, senders, receivers)
+        else:
+            e = self.model.node_energies(r_ij, species, senders, receivers)
         return e[:, 0].astype(r_ij.dtype)
 
     def save(self, path) -> Path:
@@ -62,6 +76,27 @@ class NequixPotential(Potential):
         save_model(str(tmp), model, dict(self.config))
         os.replace(tmp, path)
         return path
+
+
+def _checkpointed_node_energies(model, r_ij, species, senders, receivers):
+    """`Nequix.node_energies` (nequix 0.4.5, same operations in the same order) with each
+    interaction layer under `eqx.filter_checkpoint`."""
+    import e3nn_jax as e3nn
+    from nequix.model import bessel_basis, polynomial_cutoff
+
+    features = e3nn.IrrepsArray(e3nn.Irreps(f"{model.n_species}x0e"), jax.nn.one_hot(species, model.n_species))
+    square_r_norm = jnp.sum(r_ij ** 2, axis=-1)
+    r_norm = jnp.where(square_r_norm == 0.0, 0.0, jnp.sqrt(square_r_norm))
+    radial_basis = (bessel_basis(r_norm, model.radial_basis_size, model.cutoff)
+                    * polynomial_cutoff(r_norm, model.cutoff, model.radial_polynomial_p)[:, None])
+    sh = e3nn.spherical_harmonics(e3nn.s2_irreps(model.lmax), r_ij, normalize=True, normalization="component")
+
+    block = eqx.filter_checkpoint(lambda layer, *args: layer(*args))
+    for layer in model.layers:
+        features = block(layer, features, species, sh, radial_basis, senders, receivers)
+    e = model.readout(features)
+    e = e * jax.lax.stop_gradient(model.scale) + jax.lax.stop_gradient(model.shift)
+    return (e + jax.lax.stop_gradient(model.atom_energies[species, None])).array
 
 
 # The keys that define the network (what `nequix.model.load_model` builds from); training
