@@ -106,6 +106,9 @@ def test_config_errors(tmp_path):
     bad.write_text("model: x.nqx\noptimizer: {lr: 1}\n")
     with pytest.raises(ValueError, match="unknown optimizer keys.*lr"):
         finetune.FinetuneConfig.from_yaml(bad)
+    bad.write_text("model: x.nqx\nphonon_geometry: relaxed\n")
+    with pytest.raises(ValueError, match="bad.yaml: phonon_geometry must be one of"):
+        finetune.FinetuneConfig.from_yaml(bad)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         finetune.FinetuneConfig.from_yaml(tmp_path / "missing.yaml")
     cfg = finetune.FinetuneConfig(model="x", phonon_train=[str(PHONONS / "Cr")], phonon_test=[str(PHONONS / "Cr")])
@@ -173,3 +176,31 @@ eval_protocols: [unrelaxed]
     assert any(not np.array_equal(x, y) for x, y in zip(b, jax.tree.leaves(eqx.filter(nequix32.model, eqx.is_inexact_array))))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_model_volume_geometry_scales_the_dft_supercell_to_zero_model_pressure():
+    """phonon_geometry "model_volume": the DFT supercell is scaled isotropically (fractional
+    coordinates kept) to the potential's zero pressure of the unit cell; the DFT force
+    constants are unchanged; "dft" keeps the DFT geometry; anything else is an error."""
+    from curvax import compute
+    from curvax.force_constants import phonopy_to_atoms
+    from curvax.phonon_data import load_phonopy_dataset
+
+    lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)  # not Cr's lattice
+    dft = load_phonopy_dataset(PHONONS / "Cr")
+    n = len(dft.supercell)
+    _, ref, fc_ref = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "dft")
+    _, vol, fc_vol = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "model_volume")
+    np.testing.assert_array_equal(np.asarray(fc_vol), np.asarray(fc_ref))
+    x_ref = np.asarray(ref.system.positions[0, :n])
+    np.testing.assert_allclose(x_ref, dft.supercell.positions, atol=1e-12)
+    cell_ref, cell_vol = np.asarray(ref.system.cell[0]), np.asarray(vol.system.cell[0])
+    s = cell_vol[0, 0] / cell_ref[0, 0]
+    assert abs(s - 1) > 0.01  # the toy's equilibrium is not Cr's
+    np.testing.assert_allclose(cell_vol, s * cell_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(vol.system.positions[0, :n]), s * x_ref, atol=1e-10)
+    unit = phonopy_to_atoms(dft.unitcell)
+    unit.set_cell(np.asarray(unit.cell) * s, scale_atoms=True)
+    assert abs(np.asarray(compute(lj, from_atoms(unit))[0]["stress"])[:3].mean()) < 1e-4  # eV/Å³
+    with pytest.raises(ValueError, match="phonon_geometry"):
+        finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "relaxed")

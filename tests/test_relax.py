@@ -219,3 +219,25 @@ def test_nequix_relaxation_reaches_fmax(nequix32):
     start.calc = Calculator(nequix32)
     assert final.get_potential_energy() < start.get_potential_energy()
     assert abs(final.get_volume() / start.get_volume() - 1) < 0.1
+
+
+def test_relax_volume_reaches_zero_pressure_from_either_side():
+    """Isotropic scaling to zero pressure (LJ fcc Ar and a rattled, non-cubic cell, float64):
+    |p| below tolerance, and the relaxed lattice does not depend on the starting volume."""
+    from curvax import LennardJones, compute
+    from curvax.relax import relax_volume
+
+    lj = LennardJones(sigma=3.4, epsilon=0.0104, cutoff=8.5, smooth=True)
+    fcc = bulk("Ar", "fcc", a=5.45, cubic=True)  # expanded; its copy below is compressed
+    odd = bulk("Ar", "fcc", a=5.4) * (2, 1, 1)
+    odd.rattle(0.05, seed=2)
+    cells = [fcc, fcc.copy(), odd]
+    cells[1].set_cell(np.asarray(fcc.cell) * 0.94, scale_atoms=True)
+    scaled, s, p = relax_volume(lj, cells, ptol=1e-7)
+    assert np.all(p < 1e-7)
+    assert s[0] < 0.99 and s[1] > 1.01  # it had to move, in opposite directions
+    assert abs(s[0] - 0.94 * s[1]) < 1e-6  # to the same lattice
+    for a in scaled:  # checked by the independent calculator route
+        stress = np.asarray(compute(lj, from_atoms(a))[0]["stress"])  # Voigt, eV/Å³
+        assert abs(stress[:3].sum()) / 3 < 1e-7
+    np.testing.assert_allclose(scaled[2].get_scaled_positions(), odd.get_scaled_positions(), atol=1e-12)

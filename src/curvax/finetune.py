@@ -16,6 +16,15 @@ training settings. Validation (every `eval_every` steps): phonon properties (ν_
 mean_p MAE_p(model) / MAE_p(base) (< 1: better than the base); with `select_best` the model
 written is the EMA weights of the best validation score (early stopping).
 
+Geometry (`phonon_geometry`): "dft" compares the model's Hessian with the DFT force constants
+at the DFT supercell. "model_volume" first scales each training and validation cell
+isotropically to the model's own zero pressure (solved on the primitive cell by
+`relax.relax_volume`; fractional coordinates and the DFT force constants unchanged): each
+functional at its own equilibrium volume. It matters for PBEsol labels (phonondb) and a
+PBE-trained model: the base Nequix MP expands phonondb's PBEsol cells by 0.5–3.4 % in lattice
+constant (96 materials), and it is too stiff at the PBEsol geometry but too soft at its own
+volume, so the two settings push the model in opposite directions (README: measured effect).
+
 Config: a YAML file (see `configs/pft-nequix-mp.yaml`); `FinetuneConfig` documents every key.
 Outputs in `workdir`: checkpoint.eqx, best.eqx, metrics.csv, eval.csv, config.yaml, split.json,
 model.nqx (EMA weights; loads with `curvax.load_nequix` and `nequix.model.load_model`).
@@ -42,6 +51,9 @@ from curvax.potentials.base import check_species
 from curvax.system import from_atoms
 
 
+PHONON_GEOMETRIES = ("dft", "model_volume")
+
+
 @dataclasses.dataclass
 class FinetuneConfig:
     model: str  # .nqx path or registered name
@@ -56,6 +68,8 @@ class FinetuneConfig:
     n_phonondb_train: int = 0  # training materials (0: all the rest)
     phonondb_eval_max_displacements: int = 10  # validation/test materials: ≤ this many DFT displacements
     n_probes: int = 1  # Hessian probe vectors per structure per step (one linearisation)
+    phonon_geometry: str = "dft"  # dft | model_volume: where the model's Hessian meets the DFT one (see module doc)
+    remat: bool = False  # recompute each interaction block in the phonon step's backward pass (less memory, same gradient)
     select_best: bool = True  # write the EMA weights of the best validation score
     max_force_drift: float = 0.010  # eV/Å: a model drifting more on held-out upstream frames is not selected
     upstream_files: list = dataclasses.field(default_factory=list)  # extxyz / .db / vasprun.xml
@@ -103,6 +117,9 @@ class FinetuneConfig:
         bad = sorted(set(raw.get("optimizer") or {}) - opt_keys)
         if bad:
             raise ValueError(f"{path}: unknown optimizer keys {bad}; known: {sorted(opt_keys)}")
+        if raw.get("phonon_geometry", "dft") not in PHONON_GEOMETRIES:
+            raise ValueError(f"{path}: phonon_geometry must be one of {PHONON_GEOMETRIES}, "
+                             f"got {raw['phonon_geometry']!r}")
         base = path.parent
         for key in ("phonon_train", "phonon_test", "upstream_files", "compare_models"):
             raw[key] = [_rel(base, p) for p in raw.get(key, [])]
@@ -174,26 +191,40 @@ def _reduced_formula(formula: str) -> str:
     return Formula(formula).reduce()[0].format("metal")
 
 
-def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None):
-    """DFT supercells + full force constants, padded to one shape. Returns (names, Batch, fc)."""
-    from curvax.phonon_data import dataset_name, load_phonopy_dataset
+def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None, geometry: str = "dft"):
+    """DFT supercells + full force constants, padded to one shape. Returns (names, Batch, fc).
 
-    items, fcs, names = [], [], []
+    geometry "dft": the DFT supercells as given; "model_volume": each scaled isotropically to
+    `potential`'s zero pressure (`relax.relax_volume` on the primitive cell; fractional coordinates
+    and the force constants unchanged)."""
+    from curvax.force_constants import phonopy_to_atoms
+    from curvax.phonon_data import dataset_name, load_phonopy_dataset
+    from curvax.relax import relax_volume
+
+    if geometry not in PHONON_GEOMETRIES:
+        raise ValueError(f"phonon_geometry must be one of {PHONON_GEOMETRIES}, got {geometry!r}")
+    phonons, names = [], []
     for p in expand_datasets(paths):
         ph = load_phonopy_dataset(p)
-        n = len(ph.supercell)
-        if n > max_atoms:
-            continue
-        sc = ph.supercell
-        from ase import Atoms
-
-        atoms = Atoms(numbers=sc.numbers, positions=sc.positions, cell=sc.cell, pbc=True)
-        if potential is not None:
-            check_species(potential, atoms.numbers, where=str(p))
+        if len(ph.supercell) <= max_atoms:
+            if potential is not None:
+                check_species(potential, ph.supercell.numbers, where=str(p))
+            phonons.append(ph)
+            names.append(dataset_name(p))
+    scales = np.ones(len(phonons))
+    if geometry == "model_volume" and phonons:
+        t = time.time()
+        _, scales, p_res = relax_volume(potential, [phonopy_to_atoms(ph.primitive) for ph in phonons])
+        print(f"model_volume: {len(phonons)} cells scaled to zero model pressure, lattice ×{scales.min():.3f}"
+              f"–{scales.max():.3f} (median {np.median(scales):.4f}), max |p| {p_res.max():.1e} eV/Å³ "
+              f"({time.time() - t:.0f} s)", flush=True)
+    items, fcs = [], []
+    for ph, name, scale in zip(phonons, names, scales):
+        atoms = phonopy_to_atoms(ph.supercell)
+        atoms.set_cell(np.asarray(atoms.cell) * scale, scale_atoms=True)
         s = from_atoms(atoms)
-        items.append((s, graph_of(s, cutoff, where=str(p)), dict(forces=np.zeros((n, 3)))))
+        items.append((s, graph_of(s, cutoff, where=name), dict(forces=np.zeros((len(atoms), 3)))))
         fcs.append(np.asarray(ph.force_constants))
-        names.append(dataset_name(p))
     if not items:
         raise ValueError(f"no phonon training data with ≤ {max_atoms} supercell atoms in {list(paths)}")
     structures = efs_data.pad_all(items)
@@ -255,8 +286,8 @@ def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimi
 
     def phonon_loss(model, b, key):
         batch, fcb = b
-        return batch_phonon_loss(model, batch, fcb, key, cfg.w_hessian, w_ph, cfg.hessian_sampling, cfg.loss,
-                                 cfg.n_probes)
+        return batch_phonon_loss(model.rematerialised(cfg.remat), batch, fcb, key, cfg.w_hessian, w_ph,
+                                 cfg.hessian_sampling, cfg.loss, cfg.n_probes)
 
     def upstream_loss(model, batch, key):
         return batch_efs_loss(model, batch, w_up, cfg.loss)
@@ -305,14 +336,15 @@ def data_split(cfg: FinetuneConfig, elements=None) -> dict:
 
 
 class PhononValidation:
-    """Phonon properties of a model on validation materials at the DFT geometry, scored against
-    the base model: score = mean over ν_max, S, F, Cv of MAE(model)/MAE(base) (< 1: better)."""
+    """Phonon properties of a model on validation materials (at the DFT geometry, or at the
+    model's volume: `phonon_geometry`), scored against the base model: score = mean over ν_max,
+    S, F, Cv of MAE(model)/MAE(base) (< 1: better)."""
 
-    def __init__(self, paths, base, temperature: float, mesh):
+    def __init__(self, paths, base, temperature: float, mesh, geometry: str = "dft"):
         from curvax.phonon_data import load_phonopy_dataset
         from curvax.phonons import phonon_properties
 
-        self.temperature, self.mesh = temperature, tuple(mesh)
+        self.temperature, self.mesh, self.geometry = temperature, tuple(mesh), geometry
         self.dft = [load_phonopy_dataset(p) for p in paths]
         self.ref = [phonon_properties(d, temperature, self.mesh) for d in self.dft]
         self.shapes = pft_eval.shape_groups(self.dft, base.cutoff) if paths else []
@@ -321,11 +353,16 @@ class PhononValidation:
     def mae(self, potential) -> dict:
         from curvax.force_constants import phonopy_to_atoms
         from curvax.phonons import COMPARED, compare, phonon_properties
+        from curvax.relax import relax_volume
 
         errs = {k: [] for k in COMPARED}
-        for dft, ref, shape in zip(self.dft, self.ref, self.shapes):
-            props = phonon_properties(pft_eval._model_phonopy(dft, phonopy_to_atoms(dft.unitcell), potential, shape),
-                                      self.temperature, self.mesh)
+        cells = [phonopy_to_atoms(d.unitcell) for d in self.dft]
+        if self.geometry == "model_volume":  # pressure is intensive: solve on the primitive cells
+            scales = relax_volume(potential, [phonopy_to_atoms(d.primitive) for d in self.dft])[1]
+            for cell, scale in zip(cells, scales):
+                cell.set_cell(np.asarray(cell.cell) * scale, scale_atoms=True)
+        for dft, ref, shape, cell in zip(self.dft, self.ref, self.shapes, cells):
+            props = phonon_properties(pft_eval._model_phonopy(dft, cell, potential, shape), self.temperature, self.mesh)
             diff = compare(props, ref)
             for k in COMPARED:
                 errs[k].append(diff[k]["abs_error"])
@@ -354,7 +391,8 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     (workdir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     (workdir / "split.json").write_text(json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
     cutoff = base.cutoff
-    names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base)
+    names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,
+                                                 cfg.phonon_geometry)
     print(f"phonon training set: {len(names)} supercells, padded to {phonon.system.positions.shape[1]} atoms / "
           f"{phonon.graph.mask.shape[1]} edges; {len(split['validation'])} validation and "
           f"{len(split['test'])} test materials", flush=True)
@@ -367,7 +405,8 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     state, static = training.init_state(base, optimizer)
     step_fn = make_step_fn(cfg, phonon, fc.astype(np.asarray(phonon.system.positions).dtype), upstream, optimizer)
     t0 = time.time()
-    validation = (PhononValidation(split["validation"], base, cfg.eval_temperature, cfg.eval_mesh)
+    validation = (PhononValidation(split["validation"], base, cfg.eval_temperature, cfg.eval_mesh,
+                                   cfg.phonon_geometry)
                   if split["validation"] else None)
     if validation is not None:
         print(f"validation: {len(split['validation'])} materials, base model MAE "

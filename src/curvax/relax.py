@@ -473,3 +473,72 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
         if progress is not None:
             progress(k, info)
     return out, {k: np.asarray(v) for k, v in info.items()}
+
+
+def relax_volume(potential, cells: list, iterations: int = 12, ptol: float = 1e-4, chunk: int = 16):
+    """Scale each cell isotropically to the potential's zero pressure (host-side, no gradients).
+
+    Cell shape and fractional coordinates are kept: cell → s·cell, x → s·x, and s solves
+    p(s) = −tr σ(s)/3 = 0 by secant iterations from s = 1 and 1.01 (|p| < `ptol` eV/Å³,
+    ≈ 0.016 GPa; s clipped to [0.9, 1.1] per iteration). This is the leading-order move of a
+    structure from one functional's equilibrium to another's (e.g. a PBEsol DFT geometry to a
+    PBE-trained model's volume), with the force constants' Cartesian frame unchanged.
+    `cells`: `ase.Atoms` (pressure is intensive: pass primitive cells). Only unconverged cells
+    are evaluated, `chunk` at a time, grouped by padded shape (`bucket_shape` of atoms and
+    1.15 × edges at s = 1), so there is one compilation per shape bucket.
+    Returns (scaled copies of the cells, s per cell (length ratio), |p| per cell [eV/Å³])."""
+    from curvax.efs_data import pad_all, pseudo_label
+    from curvax.force_constants import bucket_shape
+    from curvax.potentials.base import parameter_dtype
+    from curvax.system import from_atoms
+
+    dtype = parameter_dtype(potential)
+    cells = list(cells)
+
+    def scaled(a, s):
+        b = a.copy()
+        b.set_cell(np.asarray(a.cell) * s, scale_atoms=True)
+        return b
+
+    def structure(k, s):
+        sys_ = from_atoms(scaled(cells[k], s), dtype=dtype)
+        return sys_, batching.graph_of(sys_, potential.cutoff, where=f"cell {k}"), {}
+
+    def n_edges(item):
+        return int(np.sum(np.asarray(item[1].mask)))
+
+    bucket = [bucket_shape(len(a), int(1.15 * n_edges(structure(k, 1.0)))) for k, a in enumerate(cells)]
+    sizes = {b: bucket.count(b) for b in bucket}
+    width = {b: min(chunk, 1 << (n - 1).bit_length()) for b, n in sizes.items()}  # fixed: one program per bucket
+
+    def pressures(idx, scales):
+        """p [eV/Å³] of cells `idx` at length scales `scales`."""
+        out = np.empty(len(idx))
+        for shape in sorted({bucket[k] for k in idx}):
+            rows = [j for j, k in enumerate(idx) if bucket[k] == shape]
+            w = width[shape]
+            for c in range(0, len(rows), w):
+                part = rows[c:c + w]
+                items = [structure(idx[j], scales[j]) for j in part]
+                need = max(n_edges(it) for it in items)
+                pad = shape if need <= shape[1] else bucket_shape(shape[0], int(1.15 * need))  # compressed past the margin
+                batch = batching.stack(pad_all(items + items[:1] * (w - len(items)), *pad))
+                stress = np.asarray(pseudo_label(potential, batch).stress)[:len(part)]
+                out[part] = -stress[:, :3].mean(axis=1)
+        return out
+
+    everyone = np.arange(len(cells))
+    s0, s1 = np.ones(len(cells)), np.full(len(cells), 1.01)
+    p0, p1 = pressures(everyone, s0), pressures(everyone, s1)
+    for _ in range(iterations):
+        active = np.flatnonzero(np.abs(p1) >= ptol)
+        if not active.size:
+            break
+        slope = (p1[active] - p0[active]) / (s1[active] - s0[active])
+        ok = np.isfinite(slope) & (slope < 0)  # p falls as the cell expands; else a 1 % nudge
+        step = np.where(ok, -p1[active] / np.where(ok, slope, -1.0), 0.01 * np.sign(p1[active]))
+        s2 = np.clip(s1[active] + step, 0.9 * s1[active], 1.1 * s1[active])
+        p2 = pressures(active, s2)
+        s0[active], p0[active] = s1[active], p1[active]
+        s1[active], p1[active] = s2, p2
+    return [scaled(a, s) for a, s in zip(cells, s1)], s1, np.abs(p1)
