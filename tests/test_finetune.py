@@ -106,6 +106,9 @@ def test_config_errors(tmp_path):
     bad.write_text("model: x.nqx\noptimizer: {lr: 1}\n")
     with pytest.raises(ValueError, match="unknown optimizer keys.*lr"):
         finetune.FinetuneConfig.from_yaml(bad)
+    bad.write_text("model: x.nqx\nremat: 'yes'\n")
+    with pytest.raises(ValueError, match="bad.yaml: remat must be true or false"):
+        finetune.FinetuneConfig.from_yaml(bad)
     bad.write_text("model: x.nqx\nphonon_geometry: relaxed\n")
     with pytest.raises(ValueError, match="bad.yaml: phonon_geometry must be one of"):
         finetune.FinetuneConfig.from_yaml(bad)
@@ -185,6 +188,7 @@ def test_model_volume_geometry_scales_the_dft_supercell_to_zero_model_pressure()
     from curvax import compute
     from curvax.force_constants import phonopy_to_atoms
     from curvax.phonon_data import load_phonopy_dataset
+    from curvax.relax import scaled_cell
 
     lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)  # not Cr's lattice
     dft = load_phonopy_dataset(PHONONS / "Cr")
@@ -199,8 +203,7 @@ def test_model_volume_geometry_scales_the_dft_supercell_to_zero_model_pressure()
     assert abs(s - 1) > 0.01  # the toy's equilibrium is not Cr's
     np.testing.assert_allclose(cell_vol, s * cell_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(vol.system.positions[0, :n]), s * x_ref, atol=1e-10)
-    unit = phonopy_to_atoms(dft.unitcell)
-    unit.set_cell(np.asarray(unit.cell) * s, scale_atoms=True)
+    unit = scaled_cell(phonopy_to_atoms(dft.unitcell), s)
     assert abs(np.asarray(compute(lj, from_atoms(unit))[0]["stress"])[:3].mean()) < 1e-4  # eV/Å³
     with pytest.raises(ValueError, match="phonon_geometry"):
         finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "relaxed")

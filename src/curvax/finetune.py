@@ -69,7 +69,8 @@ class FinetuneConfig:
     phonondb_eval_max_displacements: int = 10  # validation/test materials: ≤ this many DFT displacements
     n_probes: int = 1  # Hessian probe vectors per structure per step (one linearisation)
     phonon_geometry: str = "dft"  # dft | model_volume: where the model's Hessian meets the DFT one (see module doc)
-    remat: bool = False  # recompute each interaction block in the phonon step's backward pass (less memory, same gradient)
+    remat: bool = False  # recompute each interaction block in the phonon step's backward pass (same gradient; fewer
+    # stored residuals, but XLA's CPU peak was measured higher: benchmarks/README.md)
     select_best: bool = True  # write the EMA weights of the best validation score
     max_force_drift: float = 0.010  # eV/Å: a model drifting more on held-out upstream frames is not selected
     upstream_files: list = dataclasses.field(default_factory=list)  # extxyz / .db / vasprun.xml
@@ -117,6 +118,8 @@ class FinetuneConfig:
         bad = sorted(set(raw.get("optimizer") or {}) - opt_keys)
         if bad:
             raise ValueError(f"{path}: unknown optimizer keys {bad}; known: {sorted(opt_keys)}")
+        if not isinstance(raw.get("remat", False), bool):
+            raise ValueError(f"{path}: remat must be true or false, got {raw['remat']!r}")
         if raw.get("phonon_geometry", "dft") not in PHONON_GEOMETRIES:
             raise ValueError(f"{path}: phonon_geometry must be one of {PHONON_GEOMETRIES}, "
                              f"got {raw['phonon_geometry']!r}")
@@ -199,7 +202,7 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
     and the force constants unchanged)."""
     from curvax.force_constants import phonopy_to_atoms
     from curvax.phonon_data import dataset_name, load_phonopy_dataset
-    from curvax.relax import relax_volume
+    from curvax.relax import relax_volume, scaled_cell
 
     if geometry not in PHONON_GEOMETRIES:
         raise ValueError(f"phonon_geometry must be one of {PHONON_GEOMETRIES}, got {geometry!r}")
@@ -220,8 +223,7 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
               f"({time.time() - t:.0f} s)", flush=True)
     items, fcs = [], []
     for ph, name, scale in zip(phonons, names, scales):
-        atoms = phonopy_to_atoms(ph.supercell)
-        atoms.set_cell(np.asarray(atoms.cell) * scale, scale_atoms=True)
+        atoms = scaled_cell(phonopy_to_atoms(ph.supercell), scale)
         s = from_atoms(atoms)
         items.append((s, graph_of(s, cutoff, where=name), dict(forces=np.zeros((len(atoms), 3)))))
         fcs.append(np.asarray(ph.force_constants))
@@ -353,14 +355,13 @@ class PhononValidation:
     def mae(self, potential) -> dict:
         from curvax.force_constants import phonopy_to_atoms
         from curvax.phonons import COMPARED, compare, phonon_properties
-        from curvax.relax import relax_volume
+        from curvax.relax import relax_volume, scaled_cell
 
         errs = {k: [] for k in COMPARED}
-        cells = [phonopy_to_atoms(d.unitcell) for d in self.dft]
+        scales = np.ones(len(self.dft))
         if self.geometry == "model_volume":  # pressure is intensive: solve on the primitive cells
             scales = relax_volume(potential, [phonopy_to_atoms(d.primitive) for d in self.dft])[1]
-            for cell, scale in zip(cells, scales):
-                cell.set_cell(np.asarray(cell.cell) * scale, scale_atoms=True)
+        cells = [scaled_cell(phonopy_to_atoms(d.unitcell), s) for d, s in zip(self.dft, scales)]
         for dft, ref, shape, cell in zip(self.dft, self.ref, self.shapes, cells):
             props = phonon_properties(pft_eval._model_phonopy(dft, cell, potential, shape), self.temperature, self.mesh)
             diff = compare(props, ref)

@@ -475,6 +475,13 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
     return out, {k: np.asarray(v) for k, v in info.items()}
 
 
+def scaled_cell(atoms, s: float):
+    """A copy of `atoms` with cell → s·cell and positions → s·positions (fractions kept)."""
+    out = atoms.copy()
+    out.set_cell(np.asarray(atoms.cell) * s, scale_atoms=True)
+    return out
+
+
 def relax_volume(potential, cells: list, iterations: int = 12, ptol: float = 1e-4, chunk: int = 16):
     """Scale each cell isotropically to the potential's zero pressure (host-side, no gradients).
 
@@ -495,13 +502,8 @@ def relax_volume(potential, cells: list, iterations: int = 12, ptol: float = 1e-
     dtype = parameter_dtype(potential)
     cells = list(cells)
 
-    def scaled(a, s):
-        b = a.copy()
-        b.set_cell(np.asarray(a.cell) * s, scale_atoms=True)
-        return b
-
     def structure(k, s):
-        sys_ = from_atoms(scaled(cells[k], s), dtype=dtype)
+        sys_ = from_atoms(scaled_cell(cells[k], s), dtype=dtype)
         return sys_, batching.graph_of(sys_, potential.cutoff, where=f"cell {k}"), {}
 
     def n_edges(item):
@@ -541,4 +543,4 @@ def relax_volume(potential, cells: list, iterations: int = 12, ptol: float = 1e-
         p2 = pressures(active, s2)
         s0[active], p0[active] = s1[active], p1[active]
         s1[active], p1[active] = s2, p2
-    return [scaled(a, s) for a, s in zip(cells, s1)], s1, np.abs(p1)
+    return [scaled_cell(a, s) for a, s in zip(cells, s1)], s1, np.abs(p1)

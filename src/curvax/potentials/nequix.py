@@ -33,9 +33,10 @@ class NequixPotential(Potential):
     """Per-atom energies from a Nequix model. `model` is the trainable pytree.
 
     With `remat` every interaction block runs under `jax.checkpoint`: reverse passes keep only
-    the block inputs and recompute the block's internals, which bounds the memory of the
-    third-order AD in the phonon fine-tuning loss (grad_θ of an HVP) by about one block's
-    activations instead of all of them (benchmarks/bench_pft.py). Same numbers either way."""
+    the block inputs and recompute the block's internals. Same numbers either way. For grad_θ
+    of an HVP (the phonon fine-tuning loss) this cuts the residuals JAX stores by ≈ 63 %, but
+    XLA's compiled peak on CPU was measured *higher* (benchmarks/README.md): the working set of
+    one block's third-order backward pass dominates, so it is off by default."""
 
     model: eqx.Module
     config: dict = eqx.field(static=True)
