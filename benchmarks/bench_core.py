@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.build import bulk
 
-from curvax import derivatives, from_atoms, load_nequix
+from curvax import derivatives, from_atoms, load_potential
 from curvax.neighbors import allocate, build, edge_vectors
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "nequix-mp-1.nqx"
@@ -70,7 +70,7 @@ def supercell(n_atoms, symbol="Ar", crystal="fcc", a=5.26, cubic=True):
 
 
 def bench_nequix(model_path, n_atoms, repeat):
-    pot = load_nequix(str(model_path))
+    pot = load_potential(str(model_path))
     atoms = supercell(n_atoms, "Si", "diamond", a=5.43)
     system = from_atoms(atoms, dtype=jnp.float32)
     _, graph = allocate(system, pot.cutoff)

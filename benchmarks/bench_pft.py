@@ -27,11 +27,11 @@ from ase.build import bulk
 
 from bench_core import timeit_interleaved
 from curvax import batch as batching
-from curvax import efs_data, training
+from curvax.finetune import efs_data, training
 from curvax.batch import graph_of
 from curvax.hessian import hessian
-from curvax.pft_loss import EFSWeights, batch_efs_loss, batch_phonon_loss, dense_hessian_loss, hessian_column_loss
-from curvax.potentials import load_nequix
+from curvax.finetune.losses import (EFSWeights, batch_efs_loss, batch_phonon_loss, dense_hessian_loss, hessian_column_loss)
+from curvax.potentials import load_potential
 from curvax.system import from_atoms
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "nequix-mp-1.nqx"
@@ -115,7 +115,7 @@ def main(argv=None):
     p.add_argument("--remat", action="store_true", help="time the steps with rematerialised interaction blocks")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
-    pot = load_nequix(args.model)
+    pot = load_potential(args.model)
     if args.atoms:
         bench_steps(pot.rematerialised(args.remat), args.atoms, args.batch, args.repeat)
     if args.memory_sizes:

@@ -48,7 +48,7 @@ def si_phonon():
     from ase.build import bulk
     from phonopy import Phonopy
 
-    from curvax.force_constants import atoms_to_phonopy
+    from curvax.phonons.convert import atoms_to_phonopy
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -60,7 +60,7 @@ def spacegroup_phonon(sg):
     """Unit cell and (inferred) supercell matrix of phonopy's test crystal `sg`; fresh Phonopy."""
     from phonopy import Phonopy
 
-    from curvax.phonon_data import load_phonopy_dataset
+    from curvax.phonons.data import load_phonopy_dataset
 
     dft = load_phonopy_dataset(SPACEGROUPS / f"POSCAR_{sg}")
     with warnings.catch_warnings():
@@ -85,8 +85,8 @@ def _hvp(potential, system, graph, v):
 
 def bench_case(name, phonon, pot, repeat):
     from curvax.ase import Calculator
-    from curvax.force_constants import (_supercell_system, finite_displacement_force_constants,
-                                        force_constants, phonopy_to_atoms)
+    from curvax.phonons.fc2 import _supercell_system, finite_displacement_force_constants, force_constants
+    from curvax.phonons.convert import phonopy_to_atoms
 
     system, graph = _supercell_system(phonon, pot)
     n = system.positions.shape[0]
@@ -137,9 +137,9 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
 
-    from curvax.phonons import load_potential
+    from curvax.potentials import load_potential
 
-    pot = load_potential(args.model, x64=False)
+    pot = load_potential(args.model, dtype=jnp.float32)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, float32 Nequix MP ({args.model})")
     rows = []
     if "si" in args.cases:

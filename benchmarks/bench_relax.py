@@ -25,9 +25,10 @@ from ase.build import bulk
 
 from curvax import from_atoms
 from curvax.relax import make_batch, relax
-from curvax.relax_loss import batch_loss
+from curvax.relax.metrics import batch_loss
 from curvax.potentials.base import parameter_dtype
-from curvax.relax_tune import load_model
+from curvax.potentials import load_potential
+from curvax.relax.adjoints import from_name
 
 
 def structures(model, reps, seed=0):
@@ -54,7 +55,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    pot = load_model(args.model)
+    pot = load_potential(args.model)
     dtype = parameter_dtype(pot)
     start, ref = structures(args.model, tuple(args.reps))
     sb = make_batch([from_atoms(start, dtype=dtype)], pot.cutoff, args.skin)
@@ -67,9 +68,10 @@ def main(argv=None):
     for n in args.steps:
         for mode in args.modes:
             def loss(prm, n=n, mode=mode):
-                r = relax(eqx.combine(prm, static), sb, cell=True, steps=n, fmax=0.0, grad_mode=mode,
-                          skin=args.skin, cg_tol=1e-6, cg_maxiter=200)
-                return batch_loss(r, rb.positions, rb.cell, rb.numbers, rb.atom_mask)
+                adjoint = from_name(mode, **({"cg_tol": 1e-6, "cg_maxiter": 200} if mode == "implicit" else {}))
+                r = relax(eqx.combine(prm, static), sb, cell=True, steps=n, fmax=0.0, adjoint=adjoint,
+                          skin=args.skin)
+                return batch_loss(r, rb.system.positions, rb.system.cell, rb.system.numbers, rb.node_mask)
 
             t0 = time.perf_counter()
             compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from ase.build import bulk
 
-from curvax import derivatives, heat_flux as hf, neighbors
+from curvax import derivatives, neighbors
+from curvax.thermal import heat_flux as hf
 from curvax.system import from_atoms
 
 ROOT = Path(__file__).resolve().parents[2] / "shared"
@@ -57,9 +58,9 @@ def flux_model(name, model_path):
         pot = LennardJones(3.405, 0.010323, cutoff=6.0, r_inner=5.0, smooth=True)
         unit = bulk("Ar", "fcc", 5.30, cubic=True)
     else:
-        from curvax import load_nequix
+        from curvax import load_potential
 
-        pot = load_nequix(str(model_path))
+        pot = load_potential(str(model_path))
         unit = bulk("Si", "diamond", 5.43, cubic=True)
     return pot, unit
 
@@ -99,7 +100,7 @@ def bench_flux(args):
 
 
 def bench_fc3(args):
-    from curvax import fc3 as F
+    from curvax.phonons import fc3 as F
 
     if args.fc3_model == "morse":
         from curvax.potentials import Morse
@@ -110,9 +111,9 @@ def bench_fc3(args):
     else:
         import phono3py
 
-        from curvax import load_nequix
+        from curvax import load_potential
 
-        pot = load_nequix(str(args.model))
+        pot = load_potential(str(args.model))
         ph3 = phono3py.load(str(SI_PBE / "phono3py_disp.yaml"), produce_fc=False, log_level=0)
         what = "Nequix MP, Si-PBE dataset (2×2×2 conventional, 64 atoms)"
     print(f"\n(2) FC3, {what}, {jax.default_backend()}")
@@ -135,11 +136,11 @@ def bench_fc3(args):
 
 def check_nequix_periodic(args):
     """Periodic Nequix (4 steps, 24 Å range): unfolded flux equals the O(N²) Hardy flux."""
-    from curvax import load_nequix
+    from curvax import load_potential
 
     jax.config.update("jax_enable_x64", True)
     with jax.enable_x64(False):
-        pot = load_nequix(str(args.model))
+        pot = load_potential(str(args.model))
     pot = pot.astype(jnp.float64)
     atoms = bulk("Si", "diamond", 5.43)  # 2 atoms, primitive fcc cell
     atoms.rattle(0.05, seed=1)

@@ -19,11 +19,13 @@ RELAX = SHARED / "data" / "relax"
 @pytest.fixture(scope="session")
 def nequix32():
     """Nequix MP (float32, as shipped)."""
-    from curvax import load_nequix
+    import jax.numpy as jnp
+
+    from curvax import load_potential
 
     if not NEQUIX_MP.is_file():
         pytest.skip(f"{NEQUIX_MP} missing")
-    return load_nequix(str(NEQUIX_MP))
+    return load_potential(str(NEQUIX_MP), dtype=jnp.float32)
 
 
 @pytest.fixture(scope="session")

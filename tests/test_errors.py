@@ -9,7 +9,7 @@ from ase.build import bulk
 
 import curvax.ase
 from conftest import NEQUIX_MP
-from curvax import LennardJones, calculator, compute, from_atoms, load_nequix
+from curvax import LennardJones, calculator, compute, from_atoms, load_potential
 from curvax.neighbors import allocate, build
 
 calc_module = sys.modules["curvax.calculator"]  # `curvax.calculator` the attribute is the factory
@@ -32,7 +32,7 @@ def test_spec_cutoff_smaller_than_potential_cutoff():
     calc = calculator(LJ)
     state = calc_module.NeighborState(spec, build(system, spec))
     with pytest.raises(ValueError, match="pairs would be missed"):
-        calc.calculate(system, state)
+        calc.apply(system, state)
 
 
 def test_capacity_too_small_is_flagged_or_reallocated():
@@ -41,7 +41,7 @@ def test_capacity_too_small_is_flagged_or_reallocated():
     ref, good = compute(LJ, system)
     small = dataclasses.replace(good, capacity=good.capacity // 4)
     calc = calculator(LJ)
-    res, _ = calc.calculate(system, calc_module.NeighborState(small, build(system, small)))
+    res, _ = calc.apply(system, calc_module.NeighborState(small, build(system, small)))
     assert bool(res["overflow"])  # the (truncated) numbers come with the flag set
     assert not np.isclose(float(res["energy"]), float(ref["energy"]))  # ... and they are wrong
     res, spec = compute(LJ, system, spec=small)
@@ -93,16 +93,16 @@ def test_degenerate_cell_with_pbc():
 def test_missing_model_file(tmp_path):
     missing = tmp_path / "nope.nqx"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        load_nequix(str(missing))
+        load_potential(str(missing))
     with pytest.raises(FileNotFoundError, match="unknown model 'no-such-model'"):
-        load_nequix("no-such-model")
+        load_potential("no-such-model")
 
 
 def test_corrupt_model_file(tmp_path):
     garbage = tmp_path / "garbage.nqx"
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(ValueError, match=rf"{garbage}: not a Nequix \.nqx file"):
-        load_nequix(str(garbage))
+        load_potential(str(garbage))
     if not NEQUIX_MP.is_file():
         pytest.skip(f"{NEQUIX_MP} missing")
     # a valid config line followed by truncated weights
@@ -110,7 +110,7 @@ def test_corrupt_model_file(tmp_path):
     truncated = tmp_path / "truncated.nqx"
     truncated.write_bytes(data[: data.index(b"\n") + 1 + 1000])
     with pytest.raises(ValueError, match=rf"{truncated}: could not read Nequix weights"):
-        load_nequix(str(truncated))
+        load_potential(str(truncated))
 
 
 def test_nan_positions():

@@ -109,16 +109,16 @@ def test_calculator_factory_and_reallocation():
     state = calc.init(from_atoms(atoms))
     moved = atoms.copy()
     moved.rattle(0.05, seed=7)
-    res, state = calc.calculate(from_atoms(moved), state)
+    res, state = calc.apply(from_atoms(moved), state)
     assert not bool(res["overflow"])
     _compare(res, _ase_results(moved, AseLJ(sigma=SIGMA, epsilon=EPS, rc=RC), stresses=False),
              ["energy", "forces", "stress"])
     # compress by 12 %: more pairs than the capacity (and bins narrower than rc) -> overflow flag
     dense = _strain(moved, -0.12 * np.eye(3))
-    res, _ = calc.calculate(from_atoms(dense), state)
+    res, _ = calc.apply(from_atoms(dense), state)
     assert bool(res["overflow"])
     state = calc.init(from_atoms(dense))  # re-allocate
-    res, state = calc.calculate(from_atoms(dense), state)
+    res, state = calc.apply(from_atoms(dense), state)
     assert not bool(res["overflow"])
     _compare(res, _ase_results(dense, AseLJ(sigma=SIGMA, epsilon=EPS, rc=RC), stresses=False),
              ["energy", "forces", "stress"])

@@ -1,30 +1,45 @@
-"""curvax: exact derivatives of machine-learned interatomic potentials by automatic differentiation.
+"""curvax: exact derivatives of machine-learned interatomic potentials by automatic differentiation,
+and fine-tuning of those potentials on their derivatives.
 
-Public surface (one module per idea; see README for the map):
-    System, from_atoms, to_atoms                 curvax.system
-    Graph, neighbor_list                          curvax.neighbors
-    LennardJones, Morse, load_nequix              curvax.potentials
-    properties, energy                            curvax.derivatives
-    calculator, compute                           curvax.calculator
-    hvp, hessian                                  curvax.hessian
+One entry point per feature (the rest lives in the subpackages; README "Where things are"):
+
+    load_potential(spec)                 .nqx path/name, lj:..., morse:...    curvax.potentials
+    System, from_atoms, to_atoms         structures (Å)                       curvax.system
+    calculator(pot) -> (init, apply)     energy, forces, stress, virials      curvax.calculator
+    compute(pot, system)                 the same, one call, numpy results     curvax.calculator
+    hvp(pot, system, graph, v)           Hessian-vector products (`hessian`)  curvax.hessian
+    force_constants(phonon, pot)         FC2 in phonopy layout                curvax.phonons.fc2
+    compute_fc3(ph3, pot), kappa_rta     FC3 in phono3py layout, RTA κ        curvax.phonons.fc3
+    phonon_properties(phonon)            ν, F, S, Cv via phonopy              curvax.phonons.properties
+    heat_flux(pot, masses)               exact heat flux (init, apply)        curvax.thermal.heat_flux
+    dynamics, simulate, green_kubo       MD with the heat flux; Green–Kubo    curvax.thermal
+    curvax.relax.relax(pot, batch, ...)  differentiable relaxation, adjoints  curvax.relax
+    enable_x64()                         the precision policy                 curvax.precision
+Fine-tuning (PFT, relaxation fine-tuning): `curvax.finetune` (configs + `run`), `curvax` CLI.
+Submodules keep their names (`curvax.hessian`, `curvax.relax`, `curvax.thermal.heat_flux`):
+no function exported here shadows one. Importing curvax changes no JAX setting.
 """
-import os as _os
-
-import jax as _jax
-
-if _os.environ.get("CURVAX_X64", "0") == "1":
-    _jax.config.update("jax_enable_x64", True)
-
-from curvax.system import System, from_atoms, to_atoms  # noqa: E402
-from curvax.neighbors import Graph, NeighborSpec, neighbor_list  # noqa: E402
-from curvax.potentials import LennardJones, Morse, NequixPotential, Potential, load_nequix  # noqa: E402
-from curvax.derivatives import energy, properties  # noqa: E402
-from curvax.calculator import Calculator, calculator, compute  # noqa: E402
+from curvax.calculator import CalculatorFns, calculator, compute
+from curvax.derivatives import energy, properties
+from curvax.hessian import hvp
+from curvax.neighbors import Graph, NeighborSpec, neighbor_list
+from curvax.phonons import compute_fc3, force_constants, kappa_rta, phonon_properties
+from curvax.potentials import LennardJones, Morse, NequixPotential, Potential, load_potential, save_potential
+from curvax.precision import enable_x64
+from curvax.protocol import InitApply
+from curvax.relax import Checkpointed, Implicit, Unrolled
+from curvax.system import System, from_atoms, to_atoms
+from curvax.thermal.green_kubo import green_kubo
+from curvax.thermal.heat_flux import heat_flux
+from curvax.thermal.md import dynamics, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "System", "from_atoms", "to_atoms", "Graph", "NeighborSpec", "neighbor_list",
-    "Potential", "LennardJones", "Morse", "NequixPotential", "load_nequix",
-    "energy", "properties", "Calculator", "calculator", "compute",
+    "System", "from_atoms", "to_atoms", "Graph", "NeighborSpec", "neighbor_list", "InitApply",
+    "Potential", "LennardJones", "Morse", "NequixPotential", "load_potential", "save_potential",
+    "energy", "properties", "CalculatorFns", "calculator", "compute", "hvp",
+    "force_constants", "compute_fc3", "kappa_rta", "phonon_properties",
+    "heat_flux", "dynamics", "simulate", "green_kubo",
+    "Unrolled", "Checkpointed", "Implicit", "enable_x64",
 ]

@@ -27,6 +27,11 @@ class Structure(NamedTuple):
     forces: np.ndarray  # (n_atoms, 3) eV/Å
     stress: np.ndarray  # (6,) eV/Å³, Voigt, ASE sign
 
+    @property
+    def n_atoms(self):
+        """Number of real atoms (per structure, with a leading batch axis)."""
+        return jnp.sum(self.node_mask, axis=-1)
+
 
 Batch = Structure  # same fields with a leading batch axis
 
@@ -103,3 +108,27 @@ def take(batch: Batch, idx) -> Batch:
     pbc = batch.system.pbc
     sub = jax.tree.map(lambda x: x[np.asarray(idx)], batch._replace(system=batch.system._replace(pbc=None)))
     return sub._replace(system=sub.system._replace(pbc=pbc))
+
+
+def pad_all(items: list, n_atoms: int | None = None, n_edges: int | None = None) -> list[Structure]:
+    """Pad (system, graph, labels) tuples to a common shape (default: the largest)."""
+    n_atoms = n_atoms or max(s.positions.shape[0] for s, _, _ in items)
+    n_edges = n_edges or max(int(np.sum(np.asarray(g.mask))) for _, g, _ in items)
+    return [pad_structure(s, g, n_atoms, n_edges, **labels) for s, g, labels in items]
+
+
+def bucket_shape(n_atoms: int, n_edges: int) -> tuple[int, int]:
+    """Padded (atoms, edges): atoms up to a multiple of 32, edges up the ladder 512·1.5^k."""
+    atoms = 32 * int(np.ceil(n_atoms / 32))
+    edges = 512
+    while edges < n_edges:
+        edges = int(np.ceil(edges * 1.5 / 64) * 64)
+    return atoms, edges
+
+
+def common_shape(shapes, edge_margin: float = 1.1) -> tuple[int, int]:
+    """One padded shape for many (atoms, edges): the largest of each, edges × `edge_margin`
+    (room for relaxed cells), rounded by `bucket_shape`."""
+    atoms = max(a for a, _ in shapes)
+    edges = int(np.ceil(max(e for _, e in shapes) * edge_margin))
+    return bucket_shape(atoms, edges)

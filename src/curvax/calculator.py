@@ -1,9 +1,9 @@
-"""glp-style calculator: a jit-able `calculate(system, state) -> (results, state)`.
+"""glp-style calculator: the (init, apply) pair of `curvax.protocol` for energy, forces, stress.
 
-    calc = calculator(potential)            # Calculator(init, calculate)
-    state = calc.init(system)               # host side: allocates the neighbour list
-    results, state = calc.calculate(system, state)   # jit-able; rebuilds the graph
-    if results["overflow"]: state = calc.init(system)  # re-allocate and call again
+    init, apply = calculator(potential)     # CalculatorFns(init, apply)
+    state = init(system)                    # host side: allocates the neighbour list
+    results, state = apply(system, state)   # jit-able; rebuilds the graph
+    if results["overflow"]: state = init(system)  # re-allocate and call again
 
 `compute(potential, system)` does exactly that loop for one-off, non-jitted use.
 """
@@ -28,13 +28,15 @@ class NeighborState(NamedTuple):
     graph: Graph
 
 
-class Calculator(NamedTuple):
-    init: Callable
-    calculate: Callable
+class CalculatorFns(NamedTuple):
+    """(init, apply) of `calculator` (`curvax.protocol`)."""
+
+    init: Callable  # init(system) -> NeighborState
+    apply: Callable  # apply(system, state) -> (results dict, state)
 
 
 def calculator(potential, stress: bool = True, virials: bool = False,
-               capacity_multiplier: float = 1.25, stress_route: str = "strain") -> Calculator:
+               capacity_multiplier: float = 1.25, stress_route: str = "strain") -> CalculatorFns:
     """Factory for the pure pair (init, calculate) of `potential`."""
 
     def init(system: System) -> NeighborState:
@@ -43,7 +45,7 @@ def calculator(potential, stress: bool = True, virials: bool = False,
         return NeighborState(spec, graph)
 
     @eqx.filter_jit
-    def calculate(system: System, state: NeighborState):
+    def apply(system: System, state: NeighborState):
         check_spec(potential, state.spec)  # static: checked once per compilation
         graph = neighbors.build(system, state.spec)
         res = derivatives.properties(potential, system, graph, stress=stress, virials=virials,
@@ -51,7 +53,7 @@ def calculator(potential, stress: bool = True, virials: bool = False,
         res["overflow"] = graph.overflow
         return res, NeighborState(state.spec, graph)
 
-    return Calculator(init, calculate)
+    return CalculatorFns(init, apply)
 
 
 @eqx.filter_jit

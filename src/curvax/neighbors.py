@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvax.protocol import InitApply
 from curvax.system import System
 
 PAD_BOND_LENGTH = 1.0e3  # Å; padded edges get a bond this long, far beyond any cutoff
@@ -250,11 +251,11 @@ def edge_vectors(positions, cell, graph: Graph):
     return jnp.where(graph.mask[:, None], r, pad)
 
 
-def neighbor_list(cutoff: float, capacity_multiplier: float = 1.25, method: str = "auto"):
-    """Factory returning the pure pair `(allocate_fn, update_fn)`.
+def neighbor_list(cutoff: float, capacity_multiplier: float = 1.25, method: str = "auto") -> InitApply:
+    """Factory returning the (init, apply) pair of `curvax.protocol`:
 
-    allocate_fn(system) -> (spec, graph)      # host side: picks static sizes
-    update_fn(system, spec) -> graph          # jit-able; check graph.overflow
+    init(system) -> (spec, graph)      # host side: picks static sizes (`allocate`)
+    apply(system, spec) -> graph       # jit-able (`build`); check graph.overflow
     """
-    return (partial(allocate, cutoff=cutoff, capacity_multiplier=capacity_multiplier, method=method),
-            build)
+    return InitApply(partial(allocate, cutoff=cutoff, capacity_multiplier=capacity_multiplier, method=method),
+                     build)

@@ -1,33 +1,29 @@
 """`curvax` command line. Each sub-command lives in its own module `curvax.cli.<name>` exposing
-`add_parser(subparsers)` (which sets `func=run` on its parser) and `run(args) -> int`."""
+`add_parser(subparsers)` (which sets `func=run` on its parser) and `run(args) -> int`; a command
+parses its arguments, builds its config and calls the library (`curvax.finetune.pft.run`,
+`curvax.thermal.workflow.run`, ...). Precision is decided here, once: `--x64` (or
+`CURVAX_X64=1`) enables float64 for every command (`curvax.precision`)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-# one line per sub-command module
-COMMANDS = (
-    "relax",
-    "relax_tune",
-    "phonons",
-    "kappa",
-    "gk",
-    "finetune",
-)
+from curvax import precision
+from curvax.cli import finetune, gk, kappa, phonons, relax, relax_tune
+
+COMMANDS = (relax, relax_tune, phonons, kappa, gk, finetune)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="curvax", description=__doc__.splitlines()[0])
-    parser.add_argument("--x64", action="store_true", help="compute in float64")
+    parser.add_argument("--x64", action="store_true",
+                        help="compute in float64 (default float32; also CURVAX_X64=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"curvax.cli.{name}").add_parser(sub)
+    for command in COMMANDS:
+        command.add_parser(sub)
     args = parser.parse_args(argv)
-    if args.x64:
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+    args.x64 = bool(args.x64 or precision.x64_from_environment())
+    precision.enable_x64(args.x64)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

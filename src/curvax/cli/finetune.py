@@ -1,6 +1,6 @@
 """`curvax finetune CONFIG.yaml`: phonon fine-tuning (PFT) of a pretrained model on DFT force
 constants with co-training, then the before/after report on held-out materials (see
-`curvax.finetune` for the recipe and `curvax.pft_eval` for the evaluation protocol).
+`curvax.finetune.pft` for the recipe and `curvax.finetune.evaluation` for the evaluation).
 
 Killed runs resume from `workdir/checkpoint.eqx` when started again with the same config.
 """
@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curvax.config import load_config
+from curvax.finetune import pft
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("finetune", help="phonon fine-tuning (PFT) + before/after report",
                               description=__doc__.splitlines()[0])
-    p.add_argument("config", help="YAML config (keys: see curvax.finetune.FinetuneConfig)")
+    p.add_argument("config", help="YAML config (keys: see curvax.finetune.pft.FinetuneConfig)")
     p.add_argument("--workdir", default=None, help="override the config's workdir")
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
     p.add_argument("--no-eval", action="store_true", help="train only, skip the report")
@@ -22,22 +25,15 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    import dataclasses
-
-    from curvax import finetune
-
-    cfg = finetune.FinetuneConfig.from_yaml(args.config)
-    overrides = {k: v for k, v in (("workdir", args.workdir), ("steps", args.steps)) if v is not None}
-    if args.x64:
-        overrides["x64"] = True
-    cfg = dataclasses.replace(cfg, **overrides)
-    base, tuned, holdout = finetune.run(cfg, max_seconds=args.max_seconds)
+    overrides = {"workdir": args.workdir, "steps": args.steps, "x64": True if args.x64 else None}
+    cfg = load_config(args.config, pft.FinetuneConfig, overrides)
+    base, tuned, holdout = pft.run(cfg, max_seconds=args.max_seconds)
     workdir = Path(cfg.workdir)
     if not (workdir / "model.nqx").is_file():
         print(f"stopped early; rerun the same command to resume from {workdir / 'checkpoint.eqx'}")
         return 0
     print(f"fine-tuned model: {workdir / 'model.nqx'}")
     if not args.no_eval:
-        print(finetune.evaluate(cfg, base, tuned, holdout))
+        print(pft.evaluate(cfg, base, tuned, holdout))
         print(f"report: {workdir / 'report.txt'}, {workdir / 'report.json'}, {workdir / 'report.png'}")
     return 0

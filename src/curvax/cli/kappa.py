@@ -1,5 +1,5 @@
 """`curvax kappa STRUCTURE --model M`: lattice thermal conductivity (phono3py RTA) with exact
-AD third-order force constants of an MLIP (see `curvax.fc3`).
+AD third-order force constants of an MLIP (see `curvax.phonons.fc3`).
 
 STRUCTURE is a unit cell in any ASE-readable format, or a `phono3py_disp.yaml` (its supercell,
 primitive matrix and displacement dataset are used). Prints κ (W/m-K) and optionally writes JSON.
@@ -12,12 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
+from curvax import precision
+from curvax.io import atomic_write
+from curvax.phonons.convert import phono3py_from_atoms
+from curvax.phonons.fc3 import compute_fc3, kappa_rta
+from curvax.potentials import load_potential
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("kappa", help="phono3py RTA thermal conductivity with AD FC3",
                               description=__doc__.splitlines()[0])
     p.add_argument("structure", help="unit cell file (ASE-readable) or phono3py_disp.yaml")
-    p.add_argument("--model", required=True, help="Nequix .nqx path or registered model name")
+    p.add_argument("--model", required=True, help="model spec: Nequix .nqx path or name, lj:..., morse:...")
     p.add_argument("--supercell", type=int, nargs=3, default=None, metavar="N",
                    help="supercell for FC3 (and FC2) (default 2 2 2; ignored for phono3py yaml)")
     p.add_argument("--primitive", default="auto", help="primitive matrix: auto|P|F|I|... (default auto)")
@@ -38,8 +44,6 @@ def _phono3py_for(args):
         return phono3py.load(str(path), produce_fc=False, log_level=0)
     import ase.io
 
-    from curvax.fc3 import phono3py_from_atoms
-
     try:
         atoms = ase.io.read(str(path))
     except Exception as e:  # noqa: BLE001
@@ -48,10 +52,7 @@ def _phono3py_for(args):
 
 
 def run(args) -> int:
-    from curvax.fc3 import compute_fc3, kappa_rta
-    from curvax.potentials.nequix import load_nequix
-
-    pot = load_nequix(args.model)
+    pot = load_potential(args.model, precision.dtype_for(args.x64))
     ph3 = _phono3py_for(args)
     t0 = time.perf_counter()
     res = compute_fc3(ph3, pot, chunk=args.chunk)
@@ -67,8 +68,5 @@ def run(args) -> int:
     print(f"FC3: {res.n_third_order} third-order products ({len(ph3.supercell)}-atom supercell) "
           f"in {t_fc:.1f} s; RTA {t_k:.1f} s")
     if args.output:
-        p = Path(args.output)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(out, indent=2))
-        tmp.replace(p)
+        atomic_write(args.output, json.dumps(out, indent=2))
     return 0

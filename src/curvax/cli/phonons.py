@@ -1,5 +1,5 @@
 """`curvax phonons STRUCTURE --model M`: harmonic phonons of an MLIP with exact AD force
-constants (see `curvax.force_constants`), optionally after relaxation and compared with DFT.
+constants (see `curvax.phonons.fc2`), optionally after relaxation and compared with DFT.
 
 STRUCTURE is a unit cell in any ASE-readable format or a phonopy yaml (its unit cell, supercell
 and primitive matrices are used). With --compare-dft (a DFT set: directory, phonopy_disp.yaml
@@ -16,12 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
+from curvax import precision
+from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
+from curvax.phonons.data import load_phonopy_dataset
+from curvax.phonons.fc2 import force_constants
+from curvax.phonons.plots import plot_bands_dos
+from curvax.phonons.properties import DEFAULT_MESH, compare, phonon_properties, write_properties
+from curvax.potentials import check_species, load_potential
+from curvax.relax.ase import relax_atoms
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("phonons", help="harmonic phonons with AD force constants",
                               description=__doc__.splitlines()[0])
     p.add_argument("structure", help="unit cell (ASE-readable) or phonopy yaml")
-    p.add_argument("--model", required=True, help="Nequix .nqx path or registered model name")
+    p.add_argument("--model", required=True, help="model spec: Nequix .nqx path or name, lj:..., morse:...")
     p.add_argument("--supercell", type=int, nargs="+", default=None, metavar="N",
                    help="3 or 9 integers (default: from the DFT set / phonopy yaml, else 2 2 2)")
     p.add_argument("--primitive", default=None, help="primitive matrix: auto|P|F|I|... (default auto)")
@@ -49,27 +58,11 @@ def _supercell_matrix(values):
 
 
 def _load_dft(paths):
-    from curvax.phonon_data import load_phonopy_dataset
-
-    first = Path(paths[0])
-    if len(paths) == 2:  # phonopy_disp.yaml FORCE_SETS given explicitly
-        import phonopy
-
-        disp, forces = first, Path(paths[1])
-        for f in (disp, forces):
-            if not f.is_file():
-                raise FileNotFoundError(f"{f}: no such file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ph = phonopy.load(str(disp), force_sets_filename=str(forces), is_compact_fc=False,
-                              born_filename=str(disp.parent / "BORN") if (disp.parent / "BORN").is_file() else None,
-                              log_level=0)
-        if not np.all(np.isfinite(ph.force_constants)):
-            raise ValueError(f"{forces}: non-finite force constants")
-        return ph
+    """The DFT set of --compare-dft: one path (`load_phonopy_dataset`) or a displacement yaml and
+    its forces file."""
     if len(paths) > 2:
         raise ValueError("--compare-dft takes one path or phonopy_disp.yaml FORCE_SETS")
-    return load_phonopy_dataset(first)
+    return load_phonopy_dataset(paths[0], force_sets=paths[1] if len(paths) == 2 else None)
 
 
 def _read_structure(path: Path):
@@ -79,8 +72,6 @@ def _read_structure(path: Path):
     name = path.name
     if name.endswith((".yaml", ".yaml.xz")) and "phonopy" in name:
         import phonopy
-
-        from curvax.force_constants import phonopy_to_atoms
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -100,11 +91,6 @@ def _read_structure(path: Path):
 def run(args) -> int:
     from phonopy import Phonopy
 
-    from curvax.force_constants import atoms_to_phonopy, force_constants
-    from curvax.phonons import (DEFAULT_MESH, compare, load_potential, phonon_properties,
-                                plot_bands_dos, relax_atoms, write_properties)
-    from curvax.potentials import check_species
-
     out = Path(args.out)
     atoms, smat, pmat = _read_structure(Path(args.structure))
     dft = _load_dft(args.compare_dft) if args.compare_dft else None
@@ -118,7 +104,7 @@ def run(args) -> int:
         pmat = args.primitive
     mesh = DEFAULT_MESH if args.mesh is None else (args.mesh[0] if len(args.mesh) == 1 else [int(m) for m in args.mesh])
 
-    pot = load_potential(args.model)
+    pot = load_potential(args.model, precision.dtype_for(args.x64))
     check_species(pot, atoms.numbers, where=str(args.structure))
     t0 = time.perf_counter()
     if args.relax:

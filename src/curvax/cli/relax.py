@@ -2,7 +2,8 @@
 differentiable FIRE / steepest-descent relaxers of `curvax.relax` (here without gradients).
 
 STRUCTURES: any ASE-readable file(s) (all frames are read; periodic cells only). MODEL: a Nequix
-.nqx path or registered name, or `lj:sigma=...,epsilon=...,cutoff=...` (Lennard-Jones).
+.nqx path or registered name, `lj:sigma=...,epsilon=...,cutoff=...` (Lennard-Jones with a
+smooth cutoff) or `morse:...` (`curvax.potentials.registry`).
 Convergence as ASE: max |F_i| (and, with --cell, max row of |V σ|/N) below --fmax [eV/Å].
 Writes the relaxed structures as extxyz (--out) with energy [eV], forces [eV/Å], stress and
 info keys `fmax`, `n_steps`, `converged`, `source`.
@@ -14,12 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from curvax import precision
+from curvax.io import atomic_write
+from curvax.potentials import load_potential, parameter_dtype
+from curvax.relax.driver import evaluate_batch, make_batch, relax_systems
+from curvax.system import from_atoms
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("relax", help="relax structures with an MLIP (FIRE / steepest descent)",
                               description=__doc__.splitlines()[0])
     p.add_argument("structures", nargs="+", help="structure files (ASE-readable; all frames)")
-    p.add_argument("--model", required=True, help="Nequix .nqx path/name, or lj:sigma=..,epsilon=..,cutoff=..")
+    p.add_argument("--model", required=True, help="model spec: Nequix .nqx path/name, lj:sigma=..,epsilon=..,cutoff=.. (smooth LJ), morse:...")
     p.add_argument("--cell", action="store_true", help="also relax the cell (strain DOF, target σ = 0)")
     p.add_argument("--steps", type=int, default=500, help="maximum relaxer steps (default 500)")
     p.add_argument("--fmax", type=float, default=0.05, help="force criterion [eV/Å] (default 0.05)")
@@ -58,15 +65,10 @@ def run(args) -> int:
     from ase.calculators.singlepoint import SinglePointCalculator
     from tqdm.auto import tqdm
 
-    from curvax.relax import evaluate_batch, make_batch, relax_systems
-    from curvax.potentials.base import parameter_dtype
-    from curvax.relax_tune import load_model
-    from curvax.system import from_atoms
-
     if args.steps < 1 or args.fmax <= 0:
         raise ValueError(f"--steps must be ≥ 1 and --fmax > 0 (got {args.steps}, {args.fmax})")
     structures = read_structures(args.structures)
-    pot = load_model(args.model)
+    pot = load_potential(args.model, precision.dtype_for(args.x64))
     systems = [from_atoms(a, dtype=parameter_dtype(pot)) for _, a in structures]
     bar = tqdm(total=len(systems), disable=args.no_progress, desc="relax", unit="structure")
     t0 = time.perf_counter()
@@ -95,8 +97,6 @@ def run(args) -> int:
     n_conv = int(np.sum(info["converged"]))
     print(f"{n_conv}/{len(frames)} converged to fmax {args.fmax} eV/Å in {wall:.1f} s")
     out = Path(args.out) if args.out else Path(Path(args.structures[0]).stem + "-relaxed.extxyz")
-    tmp = out.with_name(out.name + ".tmp")
-    ase.io.write(str(tmp), frames, format="extxyz")
-    tmp.replace(out)
+    atomic_write(out, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
     print(f"wrote {out}")
     return 0

@@ -1,5 +1,5 @@
 """`curvax relax-tune CONFIG.yaml`: fine-tune a potential so that its own relaxations end in the
-DFT-relaxed structures (backpropagation through the relaxation; see `curvax.relax_tune`).
+DFT-relaxed structures (backpropagation through the relaxation; see `curvax.finetune.relax_tune`).
 
 Resumes from `workdir/checkpoint.eqx` when run again (after a kill or with more `steps`).
 Writes metrics.csv, eval.csv, evaluation.json (test-set displacement / volume errors and steps
@@ -7,11 +7,14 @@ before/after, forgetting check) and the fine-tuned EMA model in `workdir`.
 """
 from __future__ import annotations
 
+from curvax.config import load_config
+from curvax.finetune import relax_tune
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("relax-tune", help="fine-tune a potential on DFT relaxations (BPTT/implicit)",
                               description=__doc__.splitlines()[0])
-    p.add_argument("config", help="YAML config (keys: curvax.relax_tune.RelaxTuneConfig)")
+    p.add_argument("config", help="YAML config (keys: curvax.finetune.relax_tune.RelaxTuneConfig)")
     p.add_argument("--workdir", default=None, help="override the config's workdir")
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
     p.add_argument("--max-seconds", type=float, default=None,
@@ -21,14 +24,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from curvax import relax_tune
-
-    cfg = relax_tune.RelaxTuneConfig.from_yaml(args.config)
-    if args.workdir:
-        cfg.workdir = args.workdir
-    if args.steps is not None:
-        cfg.steps = args.steps
-        cfg.validate(args.config)
+    overrides = {"workdir": args.workdir, "steps": args.steps, "x64": True if args.x64 else None}
+    cfg = load_config(args.config, relax_tune.RelaxTuneConfig, overrides)
     result = relax_tune.run(cfg, progress=not args.no_progress, max_seconds=args.max_seconds)
     print(relax_tune.summary(result))
     return 0

@@ -35,7 +35,12 @@ class Potential(eqx.Module):
 
     def astype(self, dtype):
         """A copy with every floating-point parameter cast to `dtype` (e.g. jnp.float64 for FD tests)."""
-        return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, self)
+        return cast_floats(self, dtype)
+
+
+def cast_floats(tree, dtype):
+    """`tree` with every floating-point array leaf cast to `dtype`."""
+    return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree)
 
 
 def parameter_dtype(potential):

@@ -11,8 +11,6 @@ on a budget (2025), https://github.com/atomicarchitects/nequix .
 from __future__ import annotations
 
 import json
-import os
-import urllib.request
 from pathlib import Path
 
 import equinox as eqx
@@ -20,14 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from curvax.potentials.base import Potential
-
-# Published weights (downloaded only on explicit request by name; tests never use this).
-NEQUIX_URLS = {
-    "nequix-mp-1": "https://github.com/atomicarchitects/nequix/raw/7c2854de8e754b1a60274c7d9d2e014989ed632e/models/nequix-mp-1.nqx",
-    "nequix-mp-1-pft": "https://github.com/atomicarchitects/nequix/raw/7c2854de8e754b1a60274c7d9d2e014989ed632e/models/nequix-mp-1-pft.nqx",
-}
-
+from curvax.io import atomic_write
+from curvax.potentials.base import Potential, cast_floats
 
 class NequixPotential(Potential):
     """Per-atom energies from a Nequix model. `model` is the trainable pytree.
@@ -71,12 +63,8 @@ class NequixPotential(Potential):
         """Write a `.nqx` file that `load_nequix` and `nequix.model.load_model` both read (atomic)."""
         from nequix.model import save_model
 
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        model = jax_tree_cast(self.model, jnp.float32)
-        save_model(str(tmp), model, dict(self.config))
-        os.replace(tmp, path)
-        return path
+        model = cast_floats(self.model, jnp.float32)
+        return atomic_write(path, lambda tmp: save_model(tmp, model, dict(self.config)))
 
 
 def _checkpointed_node_energies(model, r_ij, species, senders, receivers):
@@ -125,46 +113,13 @@ class _HashableDict(dict):
         return not self == other
 
 
-def jax_tree_cast(tree, dtype):
-    import jax
-
-    return jax.tree.map(lambda x: x.astype(dtype) if eqx.is_inexact_array(x) else x, tree)
-
-
-def resolve_model_path(name_or_path: str, download: bool = False) -> Path:
-    """A local `.nqx` path for a file path or a registered name.
-
-    Search order for a name: the path itself; `$CURVAX_MODEL_DIR/<name>.nqx`;
-    `~/.cache/curvax/models/<name>.nqx`; then (only if `download=True`) the published URL.
-    """
-    p = Path(name_or_path).expanduser()
-    if p.suffix == ".nqx" or os.sep in str(name_or_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"model file not found: {p}")
-        return p
-    dirs = [Path(d) for d in os.environ.get("CURVAX_MODEL_DIR", "").split(os.pathsep) if d]
-    dirs.append(Path("~/.cache/curvax/models").expanduser())
-    for d in dirs:
-        if (d / f"{name_or_path}.nqx").is_file():
-            return d / f"{name_or_path}.nqx"
-    if name_or_path not in NEQUIX_URLS:
-        raise FileNotFoundError(f"unknown model '{name_or_path}': not a file and not one of {sorted(NEQUIX_URLS)}")
-    if not download:
-        raise FileNotFoundError(
-            f"model '{name_or_path}' is not in {[str(d) for d in dirs]}; pass a path to the .nqx file, "
-            f"set CURVAX_MODEL_DIR, or allow download")
-    target = dirs[-1] / f"{name_or_path}.nqx"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    urllib.request.urlretrieve(NEQUIX_URLS[name_or_path], target.with_suffix(".part"))
-    os.replace(target.with_suffix(".part"), target)
-    return target
-
-
-def load_nequix(name_or_path: str, dtype=None, download: bool = False) -> NequixPotential:
-    """Load a `.nqx` Nequix model (path or registered name) as a `NequixPotential`."""
+def read_nequix(path) -> NequixPotential:
+    """Read a `.nqx` file (float32 weights, as written) into a `NequixPotential`; errors name
+    the file. Use `curvax.load_potential`, which also resolves names and applies the precision
+    policy."""
     from nequix.model import load_model
 
-    path = resolve_model_path(name_or_path, download=download)
+    path = Path(path)
     with open(path, "rb") as f:
         try:
             config = json.loads(f.readline().decode())
@@ -176,8 +131,7 @@ def load_nequix(name_or_path: str, dtype=None, download: bool = False) -> Nequix
             model, config = load_model(str(path), kernel=False)
     except Exception as e:  # truncated / incompatible weights
         raise ValueError(f"{path}: could not read Nequix weights ({type(e).__name__}: {e})") from e
-    pot = NequixPotential(_shared_static(model, _HashableDict(config)), config)
-    return pot.astype(dtype) if dtype is not None else pot
+    return NequixPotential(_shared_static(model, _HashableDict(config)), config)
 
 
 _STATIC_TEMPLATES: dict = {}

@@ -1,0 +1,263 @@
+"""Evaluation of fine-tuned models against DFT: phonon properties, forgetting checks, tables.
+
+Phonons (MDR phonon benchmark protocol, Loew et al., npj Comput. Mater. 2025):
+    unrelaxed  FC2 of the model on the DFT supercell as given;
+    relaxed    relax the unit cell (positions + cell, batched FIRE, `relax_unit_cells`), then
+               FC2 on the DFT supercell matrix.
+Both take the DFT Born charges/ε∞ (NAC) where the data set has them, and report
+ν_max [THz], S, Cv [J/K/mol] and F [kJ/mol] at `temperature` and the model − DFT errors.
+
+Forgetting checks:
+    E/F/S errors on held-out upstream frames (eV/atom, eV/Å, eV/Å³; against the frames'
+    labels: DFT for real upstream files, the frozen base model for pseudo-labels);
+    relaxation errors on DFT-relaxed crystals started from perturbed structures
+    (mass-weighted RMS displacement [Å] and |V/V_DFT − 1|, `curvax.relax.metrics`).
+"""
+from __future__ import annotations
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from curvax.batch import bucket_shape, common_shape
+from curvax.finetune.losses import EFSWeights, batch_efs_loss
+from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
+from curvax.phonons.data import dataset_name, load_phonopy_dataset
+from curvax.phonons.fc2 import force_constants, supercell_shape
+from curvax.phonons.properties import COMPARED, compare, phonon_properties
+from curvax.potentials.base import parameter_dtype
+from curvax.relax.driver import relax_systems
+from curvax.relax.metrics import relaxation_summary, rms_displacement, volume_error
+from curvax.system import from_atoms, to_atoms
+
+_efs_mae = eqx.filter_jit(batch_efs_loss)
+
+PROPERTY_UNITS = {"max_frequency": "THz", "entropy": "J/K/mol", "free_energy": "kJ/mol",
+                  "heat_capacity": "J/K/mol"}
+
+
+def _model_phonopy(dft, atoms, potential, shape=None):
+    """A phonopy object for `atoms` on the DFT supercell/primitive matrices with model FC2
+    (shape-bucketed HVPs, padded to `shape` (atoms, edges) where given: materials of similar
+    size and all models of one architecture share compiled programs)."""
+    from phonopy import Phonopy
+
+
+    ph = Phonopy(atoms_to_phonopy(atoms), supercell_matrix=dft.supercell_matrix,
+                 primitive_matrix=dft.primitive_matrix, symprec=dft.symmetry.tolerance, log_level=0)
+    if dft.nac_params is not None:
+        ph.nac_params = dft.nac_params
+    force_constants(ph, potential, bucket=shape or True, chunk=8)
+    return ph
+
+
+def shape_groups(phonons, cutoff: float) -> list:
+    """A padded (atoms, edges) shape per phonopy object: supercells are grouped by their atom
+    bucket (`bucket_shape`: multiples of 32) and each group padded to its `common_shape`, so an
+    evaluation compiles one HVP program per atom bucket and no 40-atom supercell is padded to
+    the size of a 72-atom one."""
+    shapes = [supercell_shape(p, cutoff) for p in phonons]
+    groups = {}
+    for k, (a, e) in enumerate(shapes):
+        groups.setdefault(bucket_shape(a, e)[0], []).append(k)
+    out = [None] * len(shapes)
+    for members in groups.values():
+        common = common_shape([shapes[k] for k in members])
+        for k in members:
+            out[k] = common
+    return out
+
+
+def relax_unit_cells(potential, cells: list, fmax: float = 5e-3, steps: int = 500) -> list:
+    """Relax unit cells (positions + cell, batched JAX FIRE, `relax.relax_systems`: one
+    compilation for all cells and every model of one architecture). Returns a list of
+    `ase.Atoms`, or of ValueError for a relaxation that did not converge or went non-finite."""
+    if not cells:
+        return []
+    systems = [from_atoms(a, dtype=parameter_dtype(potential)) for a in cells]
+    relaxed, info = [None] * len(cells), {k: [None] * len(cells) for k in ("fmax", "converged", "energy")}
+    order = np.argsort([len(a) for a in cells], kind="stable")
+    for group in np.array_split(order, min(2, len(cells))):  # small cells are not padded to the largest
+        r, i = relax_systems(potential, [systems[k] for k in group], cell=True, steps=steps, fmax=fmax)
+        for j, k in enumerate(group):
+            relaxed[k] = r[j]
+            for key in info:
+                info[key][k] = i[key][j]
+    out = []
+    for s, fm, ok, e in zip(relaxed, info["fmax"], info["converged"], info["energy"]):
+        if not (np.isfinite(fm) and np.isfinite(e)):
+            out.append(ValueError("relaxation went non-finite (NaN/inf energy or forces)"))
+        elif not ok:
+            out.append(ValueError(f"relaxation not converged in {steps} FIRE steps (max |F| = {fm:.2e} eV/Å)"))
+        else:
+            out.append(to_atoms(s))
+    return out
+
+
+def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10, 10),
+                protocols=("unrelaxed", "relaxed"), fmax: float = 5e-3, progress=print,
+                relax_max_atoms: int | None = None) -> list[dict]:
+    """One row per (material, protocol, model): properties, DFT values and errors (`compare`).
+
+    models: {label: potential}; datasets: paths for `phonon_data.load_phonopy_dataset`.
+    The relaxed protocol relaxes every material's unit cell per model in one batched run
+    (`relax_unit_cells`), only for unit cells of ≤ `relax_max_atoms` atoms when given (a
+    relaxation costs hundreds of force+stress evaluations). A relaxation that does not
+    converge is reported in the row ("error") instead of aborting."""
+    materials = []
+    for path in datasets:
+        dft = load_phonopy_dataset(path)
+        materials.append((dataset_name(path), dft, phonon_properties(dft, temperature, mesh),
+                          phonopy_to_atoms(dft.unitcell)))
+    cutoff = next(iter(models.values())).cutoff
+    shapes = shape_groups([m[1] for m in materials], cutoff)
+    relaxable = [k for k, m in enumerate(materials) if relax_max_atoms is None or len(m[3]) <= relax_max_atoms]
+    starts = {}
+    if "relaxed" in protocols:
+        for label, pot in models.items():
+            t = time.time()
+            cells = relax_unit_cells(pot, [materials[k][3] for k in relaxable], fmax=fmax)
+            starts[label] = dict(zip(relaxable, cells))
+            if progress:
+                progress(f"relaxed {len(cells)} unit cells with {label} ({time.time() - t:.0f} s)")
+    n_all = len(models) * (len(materials) * ("unrelaxed" in protocols) + len(relaxable) * ("relaxed" in protocols))
+    rows, t0, n_done = [], time.time(), 0
+    for k, (name, dft, ref, unit) in enumerate(materials):
+        for protocol in protocols:
+            if protocol == "relaxed" and k not in relaxable:
+                continue
+            for label, pot in models.items():
+                row = {"material": name, "protocol": protocol, "model": label}
+                atoms = starts[label][k] if protocol == "relaxed" else unit
+                try:
+                    if isinstance(atoms, Exception):
+                        raise atoms
+                    props = phonon_properties(_model_phonopy(dft, atoms, pot, shapes[k]), temperature, mesh)
+                    row.update(compare(props, ref))
+                except ValueError as e:
+                    row["error"] = str(e)
+                rows.append(row)
+                n_done += 1
+                if progress:
+                    eta = (time.time() - t0) / n_done * (n_all - n_done)
+                    progress(f"[{n_done}/{n_all}, ETA {eta:.0f} s] " + _row_line(row))
+    # compiled programs of the evaluation (a few per shape bucket) are not needed afterwards
+    jax.clear_caches()
+    return rows
+
+
+def _row_line(row) -> str:
+    if "error" in row:
+        return f"{row['material']:>10} {row['protocol']:>9} {row['model']:>12}  failed: {row['error']}"
+    return (f"{row['material']:>10} {row['protocol']:>9} {row['model']:>12}  " + "  ".join(
+        f"{k}={row[k]['model']:.3f} (DFT {row[k]['dft']:.3f})" for k in COMPARED))
+
+
+def per_material_changes(rows: list[dict], model: str = "fine-tuned") -> str:
+    """Per material and protocol: |error| of `model` minus |error| of the base, each property
+    (negative: `model` is closer to DFT), and how many of the four properties improved."""
+    index = {(r["material"], r["protocol"], r["model"]): r for r in rows if "error" not in r}
+    lines = [f"Per material: |{model} − DFT| − |base − DFT|  (negative = better)",
+             f"{'material':<14}{'protocol':<10}" + "".join(f"{k:>16}" for k in COMPARED) + f"{'better':>8}"]
+    for (mat, protocol, label), r in index.items():
+        b = index.get((mat, protocol, "base"))
+        if label != model or b is None:
+            continue
+        d = [r[k]["abs_error"] - b[k]["abs_error"] for k in COMPARED]
+        lines.append(f"{mat:<14}{protocol:<10}" + "".join(f"{x:>+16.4f}" for x in d)
+                     + f"{sum(x < 0 for x in d):>6}/4")
+    return "\n".join(lines)
+
+
+def phonon_summary(rows: list[dict]) -> dict:
+    """{(protocol, model): {property: MAE over materials, "n": materials, "n_failed": failures}}."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["protocol"], r["model"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        out[key] = {k: float(np.mean([r[k]["abs_error"] for r in ok])) if ok else float("nan") for k in COMPARED}
+        out[key].update(n=len(ok), n_failed=len(rs) - len(ok))
+    return out
+
+
+def efs_errors(models: dict, batch) -> dict:
+    """{label: {"energy": eV/atom, "forces": eV/Å, "stress": eV/Å³}} MAE against `batch` labels."""
+    return {label: {k: float(v) for k, v in _efs_mae(pot, batch, EFSWeights())[1].items()}
+            for label, pot in models.items()}
+
+
+def relaxation_errors(models: dict, pairs, steps: int = 300, fmax: float = 0.02) -> dict:
+    """{label: `relax.metrics.relaxation_summary`} over `pairs` (`relax.data.RelaxPair`: perturbed
+    start → DFT relaxed), positions + cell relaxed by `relax_systems`."""
+    starts = [from_atoms(p.initial) for p in pairs]
+    out = {}
+    for label, pot in models.items():
+        relaxed, info = relax_systems(pot, starts, cell=True, steps=steps, fmax=fmax)
+        d, v = [], []
+        for s, p in zip(relaxed, pairs):
+            ref = p.final
+            args = tuple(map(jnp.asarray, (s.positions, s.cell, ref.positions, ref.cell.array)))
+            d.append(float(rms_displacement(*args, ref.numbers, jnp.ones(len(ref), bool))))
+            v.append(float(volume_error(args[1], args[3])))
+        out[label] = relaxation_summary(d, v, info["n_steps"], info["converged"])
+    return out
+
+
+def format_report(summary: dict, efs: dict | None = None, relax: dict | None = None,
+                  temperature: float = 300.0, title: str = "held-out materials") -> str:
+    """Plain-text before/after tables (with the % change of each model's MAE vs the base)."""
+    w = max([len(m) for _, m in summary] + [len(m) for m in (efs or {})] + [9]) + 2
+    lines = [f"Phonon property MAE vs DFT on {title} (T = {temperature:g} K)",
+             f"{'protocol':<10}{'model':<{w}}{'n':>3}" + "".join(
+                 f"{k + ' [' + PROPERTY_UNITS[k] + ']':>26}" for k in COMPARED)]
+    for (protocol, model), d in summary.items():
+        failed = f"  ({d['n_failed']} failed)" if d["n_failed"] else ""
+        lines.append(f"{protocol:<10}{model:<{w}}{d['n']:>3}" + "".join(f"{d[k]:>26.4f}" for k in COMPARED) + failed)
+        base = summary.get((protocol, "base"))
+        if base is not None and model != "base":
+            lines.append(f"{'':<10}{'  vs base':<{w}}{'':>3}" + "".join(
+                f"{100 * (d[k] / base[k] - 1) if base[k] else float('nan'):>+25.1f}%" for k in COMPARED))
+    if efs:
+        lines += ["", "Forgetting: E/F/S MAE on held-out upstream frames",
+                  f"{'model':<{w}}{'E [meV/atom]':>14}{'F [meV/Å]':>12}{'σ [meV/Å³]':>12}"]
+        lines += [f"{m:<{w}}{1e3 * d['energy']:>14.2f}{1e3 * d['forces']:>12.2f}{1e3 * d['stress']:>12.3f}"
+                  for m, d in efs.items()]
+    if relax:
+        lines += ["", "Forgetting: relaxation of perturbed DFT-relaxed crystals",
+                  f"{'model':<{w}}{'RMSD [Å]':>10}{'|ΔV/V|':>10}{'steps':>8}{'converged':>11}"]
+        lines += [f"{m:<{w}}{d['rms_displacement']:>10.4f}{d['abs_volume_error']:>10.4f}{d['steps']:>8.0f}"
+                  f"{d['converged']:>11.2f}" for m, d in relax.items()]
+    return "\n".join(lines)
+
+
+def plot_report(rows: list[dict], filename) -> None:
+    """PNG: per material, |model − DFT| of each property, one bar per model (relaxed and
+    unrelaxed protocols side by side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "error" not in r]
+    materials = sorted({r["material"] for r in ok})
+    series = sorted({(r["protocol"], r["model"]) for r in ok}, key=lambda s: (s[0], s[1]))
+    fig, axes = plt.subplots(1, len(COMPARED), figsize=(4 * len(COMPARED), 3.6))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(materials))
+    for ax, prop in zip(axes, COMPARED):
+        for k, (protocol, model) in enumerate(series):
+            vals = [next((r[prop]["abs_error"] for r in ok if r["material"] == m and r["protocol"] == protocol
+                          and r["model"] == model), np.nan) for m in materials]
+            ax.bar(x + k * width, vals, width, label=f"{model} ({protocol})",
+                   hatch="//" if protocol == "unrelaxed" else None)
+        ax.set_xticks(x + 0.4 - width / 2, materials, rotation=45)
+        ax.set_title(f"|Δ {prop}| [{PROPERTY_UNITS[prop]}]", fontsize=9)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(filename, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,446 @@
+"""Phonon fine-tuning (PFT) of a pretrained potential on DFT force constants, with co-training.
+
+One training step (`step` counts these) =
+    1 phonon update   on a batch of DFT supercells:  w_H·L_H (one HVP per structure, see
+                      `pft_loss`) + forces (DFT equilibrium: F* = 0) [+ stress where known]
+    k upstream updates on E/F/S frames (real upstream files, or pseudo-labels of the frozen
+                      base model on rattled/strained crystals when no upstream data is given)
+Batches and random probes are pure functions of the step number, so a run killed at any
+point resumes from its last atomic checkpoint and reproduces the uninterrupted run.
+
+Data: DFT phonon sets (`phonon_train`) and/or a phonondb folder (`phonondb`, e.g. the Kyoto
+phonondb in ../shared/data/phonondb), split *by formula* into training, validation and test
+materials (`phonondb_split`): a fixed hash order, so the test materials never depend on the
+training settings. Validation (every `eval_every` steps): phonon properties (ν_max, S, F, Cv at
+`eval_temperature`, DFT geometry) of the EMA model on the validation materials, scored as
+mean_p MAE_p(model) / MAE_p(base) (< 1: better than the base); with `select_best` the model
+written is the EMA weights of the best validation score (early stopping).
+
+Geometry (`phonon_geometry`): "dft" compares the model's Hessian with the DFT force constants
+at the DFT supercell. "model_volume" first scales each training and validation cell
+isotropically to the model's own zero pressure (solved on the primitive cell by
+`relax.relax_volume`; fractional coordinates and the DFT force constants unchanged): each
+functional at its own equilibrium volume. It matters for PBEsol labels (phonondb) and a
+PBE-trained model: the base Nequix MP expands phonondb's PBEsol cells by 0.5–3.4 % in lattice
+constant (96 materials), and it is too stiff at the PBEsol geometry but too soft at its own
+volume, so the two settings push the model in opposite directions (README: measured effect).
+
+Config: a YAML file (see `configs/pft-nequix-mp.yaml`); `FinetuneConfig` documents every key.
+Outputs in `workdir`: checkpoint.eqx, best.eqx, metrics.csv, eval.csv, config.yaml, split.json,
+model.nqx (EMA weights; loads with `curvax.load_nequix` and `nequix.model.load_model`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from ase.data import atomic_numbers
+from ase.formula import Formula
+
+from curvax import batch as batching
+from curvax import precision
+from curvax.batch import Batch, graph_of
+from curvax.config import path_field
+from curvax.finetune import efs_data, training
+from curvax.finetune import evaluation as pft_eval
+from curvax.finetune.losses import EFSWeights, batch_efs_loss, batch_phonon_loss
+from curvax.io import atomic_write
+from curvax.phonons.convert import phonopy_to_atoms
+from curvax.phonons.data import dataset_name, list_datasets, load_phonopy_dataset, phonondb_entries
+from curvax.phonons.properties import COMPARED, compare, phonon_properties
+from curvax.potentials import check_species, load_potential
+from curvax.relax import data as relax_data
+from curvax.relax.coordinates import scaled_cell
+from curvax.relax.driver import relax_volume
+from curvax.system import from_atoms
+
+
+PHONON_GEOMETRIES = ("dft", "model_volume")
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    model: str = path_field()  # `load_potential` spec: .nqx path or registered name
+    workdir: str = "runs/pft"  # relative to the current directory
+    phonon_train: list = path_field(default_factory=list)  # data sets / folders (curvax.phonons.data)
+    phonon_test: list = path_field(default_factory=list)  # held-out data sets for evaluation
+    max_phonon_atoms: int = 64  # skip training supercells larger than this
+    phonondb: str | None = path_field(default=None)  # phonondb folder (manifest.csv + materials/*.tar.lzma)
+    phonondb_max_atoms: int = 40  # only materials with supercells of ≤ this many atoms
+    n_phonondb_test: int = 20  # held-out test materials (added to the report)
+    n_phonondb_validation: int = 8  # validation materials (model selection / early stopping)
+    n_phonondb_train: int = 0  # training materials (0: all the rest)
+    phonondb_eval_max_displacements: int = 10  # validation/test materials: ≤ this many DFT displacements
+    n_probes: int = 1  # Hessian probe vectors per structure per step (one linearisation)
+    phonon_geometry: str = "dft"  # dft | model_volume: where the model's Hessian meets the DFT one (see module doc)
+    remat: bool = False  # recompute each interaction block in the phonon step's backward pass (same gradient; fewer
+    # stored residuals, but XLA's CPU peak was measured higher: benchmarks/README.md)
+    select_best: bool = True  # write the EMA weights of the best validation score
+    max_force_drift: float = 0.010  # eV/Å: a model drifting more on held-out upstream frames is not selected
+    upstream_files: list = path_field(default_factory=list)  # extxyz / .db / vasprun.xml
+    pseudo_label_structures: str | None = path_field(default=None)  # pymatgen JSON(.gz) list, used if no upstream files
+    n_pseudo: int = 32
+    max_pseudo_atoms: int = 8
+    rattle: float = 0.05  # Å
+    strain: float = 0.02
+    steps: int = 40
+    upstream_steps_per_phonon_step: int = 4
+    phonon_batch_size: int = 2
+    upstream_batch_size: int = 4
+    hessian_sampling: str = "unit"  # unit | random
+    loss: str = "mae"  # mae | mse
+    w_hessian: float = 100.0
+    w_phonon_efs: tuple = (0.0, 20.0, 5.0)  # energy, forces, stress on phonon data
+    w_upstream_efs: tuple = (500.0, 200.0, 50.0)
+    optimizer: dict = dataclasses.field(default_factory=lambda: {"name": "adamw", "learning_rate": 2e-4})
+    ema_decay: float = 0.9
+    checkpoint_every: int = 5
+    eval_every: int = 10  # validation (held-out upstream E/F/S errors) every this many steps
+    seed: int = 0
+    x64: bool = False
+    n_holdout: int = 8  # upstream frames held out of training, for the forgetting check
+    n_relax_eval: int = 4  # perturbed DFT-relaxed crystals relaxed by each model (0: skip)
+    eval_temperature: float = 300.0  # K
+    eval_mesh: tuple = (10, 10, 10)
+    eval_protocols: tuple = ("unrelaxed", "relaxed")
+    eval_relax_max_atoms: int = 16  # relaxed protocol only for unit cells of ≤ this many atoms
+    compare_models: list = path_field(default_factory=list)  # extra models for the table
+
+    def validate(self, where="config"):
+        opt_keys = {f.name for f in dataclasses.fields(training.OptimizerConfig)} - {"total_steps"}
+        bad = sorted(set(self.optimizer or {}) - opt_keys)
+        if bad:
+            raise ValueError(f"{where}: unknown optimizer keys {bad}; known: {sorted(opt_keys)}")
+        if self.phonon_geometry not in PHONON_GEOMETRIES:
+            raise ValueError(f"{where}: phonon_geometry must be one of {PHONON_GEOMETRIES}, "
+                             f"got {self.phonon_geometry!r}")
+
+
+def expand_datasets(paths) -> list[Path]:
+    """Data set paths; a folder without phonopy files expands to every data set below it."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir() and not (p / "phonopy_disp.yaml").is_file():
+            out.extend(list_datasets(p))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"phonon data set not found: {p}")
+    return out
+
+
+def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train: int = 0,
+                   elements=None, eval_max_displacements: int | None = None) -> dict:
+    """{"train", "validation", "test"} -> lists of phonondb archive paths, split by formula.
+
+    Formulas (all polymorphs of one composition go together) are ordered by a fixed hash
+    (`relax_data._unit_hash(0, formula)`, independent of any training setting); the first
+    formulas give `n_test` test materials, the next `n_validation` validation materials, the
+    rest (up to `n_train`, 0 = all) training materials. Evaluating a material costs one HVP
+    per DFT displacement and model, so with `eval_max_displacements` only formulas whose
+    materials all have at most that many displacements are drawn for validation and test
+    (the others all go to training). Materials with elements outside `elements` (the model's)
+    are left out."""
+    entries = phonondb_entries(root, max_atoms)
+    if elements is not None:
+        known = set(int(z) for z in elements)
+        entries = [e for e in entries if {atomic_numbers[el] for el in Formula(e.formula).count()} <= known]
+    by_formula, n_disp = {}, {}
+    for e in entries:
+        f = _reduced_formula(e.formula)
+        by_formula.setdefault(f, []).append(e.path)
+        n_disp[f] = max(n_disp.get(f, 0), e.n_displacements)
+    order = sorted(by_formula, key=lambda f: relax_data._unit_hash(0, f))
+    out, sizes = {"test": [], "validation": [], "train": []}, (n_test, n_validation, n_train or 10 ** 9)
+    part = 0
+    for f in order:
+        while part < 2 and len(out[("test", "validation")[part]]) >= sizes[part]:
+            part += 1
+        evaluable = eval_max_displacements is None or n_disp[f] <= eval_max_displacements
+        if part < 2 and evaluable:
+            out[("test", "validation")[part]].extend(by_formula[f])
+        elif len(out["train"]) < sizes[2]:
+            out["train"].extend(by_formula[f])
+    return out
+
+
+def _reduced_formula(formula: str) -> str:
+    return Formula(formula).reduce()[0].format("metal")
+
+
+def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None, geometry: str = "dft"):
+    """DFT supercells + full force constants, padded to one shape. Returns (names, Batch, fc).
+
+    geometry "dft": the DFT supercells as given; "model_volume": each scaled isotropically to
+    `potential`'s zero pressure (`relax.relax_volume` on the primitive cell; fractional coordinates
+    and the force constants unchanged)."""
+    if geometry not in PHONON_GEOMETRIES:
+        raise ValueError(f"phonon_geometry must be one of {PHONON_GEOMETRIES}, got {geometry!r}")
+    phonons, names = [], []
+    for p in expand_datasets(paths):
+        ph = load_phonopy_dataset(p)
+        if len(ph.supercell) <= max_atoms:
+            if potential is not None:
+                check_species(potential, ph.supercell.numbers, where=str(p))
+            phonons.append(ph)
+            names.append(dataset_name(p))
+    scales = np.ones(len(phonons))
+    if geometry == "model_volume" and phonons:
+        t = time.time()
+        _, scales, p_res = relax_volume(potential, [phonopy_to_atoms(ph.primitive) for ph in phonons])
+        print(f"model_volume: {len(phonons)} cells scaled to zero model pressure, lattice ×{scales.min():.3f}"
+              f"–{scales.max():.3f} (median {np.median(scales):.4f}), max |p| {p_res.max():.1e} eV/Å³ "
+              f"({time.time() - t:.0f} s)", flush=True)
+    items, fcs = [], []
+    for ph, name, scale in zip(phonons, names, scales):
+        atoms = scaled_cell(phonopy_to_atoms(ph.supercell), scale)
+        s = from_atoms(atoms)
+        items.append((s, graph_of(s, cutoff, where=name), dict(forces=np.zeros((len(atoms), 3)))))
+        fcs.append(np.asarray(ph.force_constants))
+    if not items:
+        raise ValueError(f"no phonon training data with ≤ {max_atoms} supercell atoms in {list(paths)}")
+    structures = efs_data.pad_all(items)
+    n_pad = structures[0].system.positions.shape[0]
+    fc = np.zeros((len(fcs), n_pad, n_pad, 3, 3))
+    for k, f in enumerate(fcs):
+        fc[k, : f.shape[0], : f.shape[1]] = f
+    return names, batching.stack(structures), fc
+
+
+def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tuple[Batch, Batch]:
+    """(training, held-out) E/F/S frames: from upstream files (a seeded random `n_holdout` of
+    the frames held out), or pseudo-labels of the frozen base model on perturbed crystals
+    (`n_pseudo` training + `n_holdout` held-out crystals, distinct materials)."""
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.upstream_files:
+        frames = [a for p in cfg.upstream_files for a in efs_data.read_frames(p)]
+        for k, a in enumerate(frames):
+            check_species(base_potential, a.numbers, where=f"upstream frame {k}")
+        if len(frames) <= cfg.n_holdout:
+            raise ValueError(f"{cfg.upstream_files}: {len(frames)} frames, need more than n_holdout={cfg.n_holdout}")
+        structures = efs_data.pad_all(efs_data.frames_to_structures(frames, cutoff))
+        order = rng.permutation(len(structures))
+        split = len(structures) - cfg.n_holdout
+        return (batching.stack([structures[k] for k in order[:split]]),
+                batching.stack([structures[k] for k in order[split:]]))
+    train, test = pseudo_label_pool(cfg, base_potential)
+    if len(train) < cfg.n_pseudo or len(test) < cfg.n_holdout:
+        raise ValueError(f"{cfg.pseudo_label_structures}: {len(train)}/{len(test)} usable train/test "
+                         f"structures with ≤ {cfg.max_pseudo_atoms} atoms, need n_pseudo={cfg.n_pseudo} "
+                         f"and n_holdout={cfg.n_holdout}")
+    items = []
+    for r in [train[k] for k in rng.choice(len(train), cfg.n_pseudo, replace=False)] + test[:cfg.n_holdout]:
+        s = from_atoms(relax_data.perturb(r.atoms, cfg.rattle, cfg.strain, rng))
+        items.append((s, graph_of(s, cutoff, where=r.material_id), {}))
+    labelled = efs_data.pseudo_label(base_potential, batching.stack(efs_data.pad_all(items)))
+    n = cfg.n_pseudo + cfg.n_holdout
+    return (batching.take(labelled, np.arange(cfg.n_pseudo)),
+            batching.take(labelled, np.arange(cfg.n_pseudo, n)))
+
+
+def pseudo_label_pool(cfg: FinetuneConfig, potential) -> tuple[list, list]:
+    """DFT-relaxed crystals of `pseudo_label_structures` with known elements, split by material
+    (`relax_data.split_by_material`): (train records, held-out records)."""
+    if not cfg.pseudo_label_structures:
+        raise ValueError("co-training needs upstream_files or pseudo_label_structures")
+    pool = relax_data.load_dft_relaxed(cfg.pseudo_label_structures, cfg.max_pseudo_atoms)
+    known = set(potential.elements or [])
+    pool = [r for r in pool if not known or set(r.atoms.numbers) <= known]
+    split = relax_data.split_by_material([r.material_id for r in pool], (0.8, 0.0, 0.2), cfg.seed)
+    train, test = set(split["train"]), set(split["test"])
+    return [r for r in pool if r.material_id in train], [r for r in pool if r.material_id in test]
+
+
+def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimizer):
+    """The composite (phonon + k upstream) step `(state, static, step, key) -> (state, metrics)`."""
+    w_ph = EFSWeights(*cfg.w_phonon_efs)
+    w_up = EFSWeights(*cfg.w_upstream_efs)
+
+    def phonon_loss(model, b, key):
+        batch, fcb = b
+        return batch_phonon_loss(model.rematerialised(cfg.remat), batch, fcb, key, cfg.w_hessian, w_ph,
+                                 cfg.hessian_sampling, cfg.loss, cfg.n_probes)
+
+    def upstream_loss(model, batch, key):
+        return batch_efs_loss(model, batch, w_up, cfg.loss)
+
+    ph_update = training.make_update(phonon_loss, optimizer, cfg.ema_decay)
+    up_update = training.make_update(upstream_loss, optimizer, cfg.ema_decay)
+    fc = jnp.asarray(fc)
+    n_up = upstream.energy.shape[0]
+
+    def step_fn(state, static, step, key):
+        idx = training.batch_indices(fc.shape[0], cfg.phonon_batch_size, step, cfg.seed)
+        state, m = ph_update(state, static, (batching.take(phonon, idx), fc[idx]), key)
+        metrics = {f"phonon_{k}": v for k, v in m.items()}
+        k_up = cfg.upstream_steps_per_phonon_step
+        for j in range(k_up):
+            sub = step * k_up + j
+            uidx = training.batch_indices(n_up, cfg.upstream_batch_size, sub, cfg.seed + 1)
+            state, mu = up_update(state, static, batching.take(upstream, uidx), jax.random.fold_in(key, j + 1))
+            for k, v in mu.items():
+                metrics[f"upstream_{k}"] = metrics.get(f"upstream_{k}", 0.0) + v / k_up
+        return state, metrics
+
+    return step_fn
+
+
+def _check_held_out(cfg: FinetuneConfig) -> tuple[list, list]:
+    train, test = expand_datasets(cfg.phonon_train), expand_datasets(cfg.phonon_test)
+    both = {p.resolve() for p in train} & {p.resolve() for p in test}
+    if both:
+        raise ValueError(f"phonon_test overlaps phonon_train: {sorted(map(str, both))}")
+    return train, test
+
+
+def data_split(cfg: FinetuneConfig, elements=None) -> dict:
+    """{"train", "validation", "test"}: data set paths (`phonon_train`/`phonon_test` plus the
+    `phonondb` split, `phonondb_split`)."""
+    train, test = _check_held_out(cfg)
+    split = {"train": list(train), "validation": [], "test": list(test)}
+    if cfg.phonondb:
+        db = phonondb_split(cfg.phonondb, cfg.phonondb_max_atoms, cfg.n_phonondb_test,
+                            cfg.n_phonondb_validation, cfg.n_phonondb_train, elements,
+                            cfg.phonondb_eval_max_displacements)
+        for k in split:
+            split[k] += db[k]
+    return split
+
+
+class PhononValidation:
+    """Phonon properties of a model on validation materials (at the DFT geometry, or at the
+    model's volume: `phonon_geometry`), scored against the base model: score = mean over ν_max,
+    S, F, Cv of MAE(model)/MAE(base) (< 1: better)."""
+
+    def __init__(self, paths, base, temperature: float, mesh, geometry: str = "dft"):
+        self.temperature, self.mesh, self.geometry = temperature, tuple(mesh), geometry
+        self.dft = [load_phonopy_dataset(p) for p in paths]
+        self.ref = [phonon_properties(d, temperature, self.mesh) for d in self.dft]
+        self.shapes = pft_eval.shape_groups(self.dft, base.cutoff) if paths else []
+        self.base_mae = self.mae(base) if paths else None
+
+    def mae(self, potential) -> dict:
+        errs = {k: [] for k in COMPARED}
+        scales = np.ones(len(self.dft))
+        if self.geometry == "model_volume":  # pressure is intensive: solve on the primitive cells
+            scales = relax_volume(potential, [phonopy_to_atoms(d.primitive) for d in self.dft])[1]
+        cells = [scaled_cell(phonopy_to_atoms(d.unitcell), s) for d, s in zip(self.dft, scales)]
+        for dft, ref, shape, cell in zip(self.dft, self.ref, self.shapes, cells):
+            props = phonon_properties(pft_eval._model_phonopy(dft, cell, potential, shape), self.temperature, self.mesh)
+            diff = compare(props, ref)
+            for k in COMPARED:
+                errs[k].append(diff[k]["abs_error"])
+        return {k: float(np.mean(v)) for k, v in errs.items()}
+
+    def __call__(self, potential) -> dict:
+        mae = self.mae(potential)
+        ratios = [mae[k] / max(self.base_mae[k], 1e-12) for k in mae]
+        return {**{f"val_{k}": v for k, v in mae.items()}, "val_score": float(np.mean(ratios))}
+
+
+def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = None):
+    """Fine-tune; returns (base potential, fine-tuned EMA potential, held-out upstream Batch).
+    Resumes from `workdir/checkpoint.eqx`; writes `workdir/model.nqx` when all steps are done
+    (the best-validation EMA weights with `select_best` and validation materials)."""
+    base = load_potential(cfg.model, precision.dtype_for(cfg.x64))
+    split = data_split(cfg, base.elements)
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(workdir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
+    cutoff = base.cutoff
+    names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,
+                                                 cfg.phonon_geometry)
+    print(f"phonon training set: {len(names)} supercells, padded to {phonon.system.positions.shape[1]} atoms / "
+          f"{phonon.graph.mask.shape[1]} edges; {len(split['validation'])} validation and "
+          f"{len(split['test'])} test materials", flush=True)
+    upstream, holdout = load_upstream_set(cfg, base, cutoff)
+    print(f"upstream set: {upstream.energy.shape[0]} training + {holdout.energy.shape[0]} held-out frames"
+          f" ({'files' if cfg.upstream_files else 'pseudo-labels of the base model'})", flush=True)
+    opt_cfg = training.OptimizerConfig(**{"total_steps": cfg.steps * (1 + cfg.upstream_steps_per_phonon_step),
+                                          **cfg.optimizer})
+    optimizer = training.make_optimizer(opt_cfg)
+    state, static = training.init_state(base, optimizer)
+    step_fn = make_step_fn(cfg, phonon, fc.astype(np.asarray(phonon.system.positions).dtype), upstream, optimizer)
+    t0 = time.time()
+    validation = (PhononValidation(split["validation"], base, cfg.eval_temperature, cfg.eval_mesh,
+                                   cfg.phonon_geometry)
+                  if split["validation"] else None)
+    if validation is not None:
+        print(f"validation: {len(split['validation'])} materials, base model MAE "
+              + ", ".join(f"{k} {v:.3g}" for k, v in validation.base_mae.items())
+              + f" ({time.time() - t0:.0f} s)", flush=True)
+    best_path = workdir / "best.eqx"
+
+    def validate(state):
+        model = training.combine(state.ema, static)
+        errors = pft_eval.efs_errors({"ema": model}, holdout)["ema"]
+        out = {f"holdout_{k}": v for k, v in errors.items()}
+        if validation is not None:
+            out.update(validation(model))
+            best = json.loads(best_path.open("rb").readline()) if best_path.is_file() else {}
+            # must beat the base (score 1) and the best so far, within the forgetting budget
+            if out["val_score"] < best.get("val_score", 1.0) and out["holdout_forces"] <= cfg.max_force_drift:
+                training.save_checkpoint(best_path, state, {"val_score": out["val_score"],
+                                                            "step": int(state.step)})
+        return out
+
+    state = training.fit(state, static, step_fn, cfg.steps, workdir, cfg.checkpoint_every,
+                         eval_fn=validate, eval_every=cfg.eval_every, seed=cfg.seed, progress=progress,
+                         max_seconds=max_seconds)
+    if training.checkpoint_step(workdir / "checkpoint.eqx") < cfg.steps:
+        return base, training.combine(state.ema, static), holdout
+    if validation is not None and cfg.select_best:
+        if best_path.is_file():
+            best, meta = training.load_checkpoint(best_path, state)
+            print(f"early stopping: best validation score {meta['val_score']:.3f} (base = 1) after "
+                  f"{meta['step']} optimiser updates", flush=True)
+            state = best
+        else:
+            print("no step beat the base model on the validation materials: writing the base model", flush=True)
+            state = state._replace(ema=training.init_state(base, optimizer)[0].ema)
+    tuned = training.combine(state.ema, static)
+    tuned.save(workdir / "model.nqx")
+    return base, tuned, holdout
+
+
+def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -> str:
+    """Before/after report on held-out data (see `pft_eval`); writes workdir/report.{txt,json,png}.
+
+    Rows: the base model, the fine-tuned model and every `compare_models` entry (e.g. the
+    authors' own PFT model), on `phonon_test` (both protocols), the held-out upstream frames
+    and `n_relax_eval` relaxations of perturbed held-out crystals."""
+    test = data_split(cfg, base.elements)["test"]
+    models = {"base": base, "fine-tuned": tuned}
+    for m in cfg.compare_models:
+        models[Path(m).stem if m.endswith(".nqx") else m] = load_potential(m, precision.dtype_for(cfg.x64))
+    rows = pft_eval.phonon_rows(models, test, cfg.eval_temperature, tuple(cfg.eval_mesh),
+                                tuple(cfg.eval_protocols), progress=progress,
+                                relax_max_atoms=cfg.eval_relax_max_atoms)
+    summary = pft_eval.phonon_summary(rows)
+    efs = pft_eval.efs_errors(models, holdout)
+    relax = None
+    if cfg.n_relax_eval and cfg.pseudo_label_structures:
+        records = pseudo_label_pool(cfg, base)[1][-cfg.n_relax_eval:]
+        relax = pft_eval.relaxation_errors(models, relax_data.make_pairs(records, seed=cfg.seed))
+    report = pft_eval.format_report(summary, efs, relax, cfg.eval_temperature)
+    groups = {"phonondb test materials": [r for r in rows if r["material"].startswith("mp-")],
+              "the phonon_test sets": [r for r in rows if not r["material"].startswith("mp-")]}
+    for title, sub in groups.items():
+        if sub and len(sub) < len(rows):
+            report += "\n\n" + pft_eval.format_report(pft_eval.phonon_summary(sub), temperature=cfg.eval_temperature,
+                                                     title=title)
+    report += "\n\n" + pft_eval.per_material_changes(rows)
+    workdir = Path(cfg.workdir)
+    atomic_write(workdir / "report.txt", report + "\n")
+    blob = {"phonons": rows, "summary": {f"{p}/{m}": d for (p, m), d in summary.items()},
+            "upstream_holdout": efs, "relaxation": relax}
+    atomic_write(workdir / "report.json", json.dumps(blob, indent=1))
+    pft_eval.plot_report(rows, workdir / "report.png")
+    return report

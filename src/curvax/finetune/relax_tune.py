@@ -1,0 +1,277 @@
+"""Relaxation fine-tuning: make a potential's own relaxation end in the DFT-relaxed structure.
+
+One training step, for a batch of (perturbed start z₀, DFT-relaxed target) pairs:
+
+    z_T(θ) = FIRE/SD unrolled T steps from z₀ with the potential θ     (`curvax.relax.relax`)
+    L(θ)   = mean_b [w_x L_x + w_a L_a + w_V L_V (+ w_E L_E)](z_T, target)   (`curvax.relax_loss`)
+    θ ← optax update of ∇_θ L, by BPTT, checkpointed BPTT or implicit differentiation
+        (`grad_mode`; see `curvax.relax`); EMA of θ kept for evaluation and saving.
+
+All pairs are padded to one shape (atoms, edges), so training, validation and test relaxations
+compile once each. The training loop is `curvax.training.fit` (atomic checkpoints, resume
+after a kill with an identical continuation, metrics.csv/eval.csv, tqdm progress).
+
+Evaluation (`evaluate_relaxations`, on the test split, base vs fine-tuned EMA model): mass-weighted
+RMS displacement [Å] from the DFT structure, |V/V_DFT − 1|, steps to reach fmax (capped at
+`eval_relax_steps`), converged fraction; forgetting check (`forgetting`): |ΔE|/atom [eV/atom] and
+force MAE [eV/Å] of the fine-tuned vs the base model on the test starting structures, and both
+models' energy MAE vs the DFT energies of the relaxed structures.
+
+Config: YAML (see `configs/relax-tune-nequix-mp.yaml`); `RelaxTuneConfig` documents every key.
+Outputs in `workdir`: config.yaml, pairs-{train,validation,test}.extxyz, checkpoint.eqx,
+metrics.csv, eval.csv, evaluation.json, model.nqx (Nequix) or model.json (Lennard-Jones).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from curvax import batch as batching
+from curvax import precision
+from curvax.batch import Batch
+from curvax.config import path_field
+from curvax.finetune import training
+from curvax.io import atomic_write
+from curvax.potentials import check_species, load_potential, save_potential
+from curvax.relax import data as relax_data
+from curvax.relax.adjoints import GRAD_MODES, from_name
+from curvax.relax.driver import evaluate_batch, make_batch, relax
+from curvax.relax.metrics import LossWeights, batch_loss, relaxation_summary, rms_displacement, volume_error
+from curvax.system import from_atoms
+
+
+# --------------------------------------------------------------------------- config
+@dataclasses.dataclass
+class RelaxTuneConfig:
+    model: str = path_field()  # `load_potential` spec: .nqx path / registered name, lj:sigma=..,epsilon=..,cutoff=..
+    data: str = path_field()  # pymatgen JSON(.gz) of DFT-relaxed crystals (perturbed here) or extxyz of pairs
+    workdir: str = "runs/relax-tune"  # relative to the current directory
+    max_atoms: int = 4  # skip larger DFT structures (JSON)
+    limit: int | None = None  # read at most this many materials (JSON)
+    n_perturbations: int = 1  # starting structures per material
+    rattle: float = 0.05  # Å, Gaussian
+    strain: float = 0.02  # uniform symmetric strain amplitude
+    split: tuple = (0.8, 0.1, 0.1)  # train / validation / test, by material
+    max_train: int | None = None  # cap on pairs per split (after the split)
+    max_eval: int | None = 8
+    steps: int = 20  # optimiser steps
+    batch_size: int = 2
+    relax_steps: int = 20  # unrolled relaxer steps per training relaxation
+    fmax: float = 0.02  # eV/Å
+    cell: bool = True
+    method: str = "fire"  # fire | sd
+    grad_mode: str = "checkpoint"  # bptt | checkpoint | implicit
+    segment: int | None = None  # checkpoint segment length (default √relax_steps)
+    skin: float = 1.0  # Å, neighbour-list margin held fixed during a relaxation
+    relaxer: dict = dataclasses.field(default_factory=dict)  # e.g. {dt: 0.1, max_step: 0.2}
+    weights: dict = dataclasses.field(default_factory=dict)  # displacement, lattice, volume, energy
+    optimizer: dict = dataclasses.field(default_factory=lambda: {"name": "adam", "learning_rate": 1e-4})
+    ema_decay: float = 0.9
+    checkpoint_every: int = 5
+    eval_every: int = 0  # validation relaxations every k steps (0: off)
+    eval_relax_steps: int = 200  # relaxer steps for evaluation
+    eval_fmax: float | None = None  # default: fmax
+    seed: int = 0
+    x64: bool = False
+
+    def validate(self, where="config"):
+        if self.method not in ("fire", "sd"):
+            raise ValueError(f"{where}: method must be fire or sd, got {self.method!r}")
+        if self.grad_mode not in GRAD_MODES:
+            raise ValueError(f"{where}: grad_mode must be one of {', '.join(GRAD_MODES)}, got {self.grad_mode!r}")
+        unknown = set(self.weights) - set(LossWeights._fields)
+        if unknown:
+            raise ValueError(f"{where}: unknown loss weights {sorted(unknown)}; known: {list(LossWeights._fields)}")
+        for k in ("steps", "batch_size", "relax_steps", "eval_relax_steps"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{where}: {k} must be ≥ 1")
+
+    @property
+    def adjoint(self):
+        """The `curvax.relax.adjoints` object of `grad_mode` (and `segment`)."""
+        return from_name(self.grad_mode, self.segment)
+
+
+# --------------------------------------------------------------------------- data
+class PairSet(NamedTuple):
+    """Padded (start, target) batches (`curvax.batch.Batch`, leading axis B), DFT energies (B,) [eV]."""
+
+    start: Batch
+    target: Batch
+    energy: jnp.ndarray
+
+    def take(self, idx) -> "PairSet":
+        return PairSet(batching.take(self.start, idx), batching.take(self.target, idx), self.energy[np.asarray(idx)])
+
+
+def load_splits(cfg: RelaxTuneConfig, potential) -> dict:
+    """{'train','validation','test'} -> list of `relax_data.RelaxPair` (split by material)."""
+    if Path(cfg.data).suffix in (".xyz", ".extxyz"):
+        pairs = relax_data.read_pairs(cfg.data)
+    else:  # keep only materials the model knows, then apply `limit`
+        records = relax_data.load_dft_relaxed(cfg.data, max_atoms=cfg.max_atoms)
+        known = set(getattr(potential, "elements", None) or [])
+        records = [r for r in records if not known or set(r.atoms.numbers) <= known][: cfg.limit]
+        pairs = relax_data.make_pairs(records, cfg.n_perturbations, cfg.rattle, cfg.strain, cfg.seed)
+    for k, p in enumerate(pairs):
+        check_species(potential, p.final.numbers, where=f"{cfg.data}: pair {k} ({p.material_id})")
+    ids = relax_data.split_by_material([p.material_id for p in pairs], cfg.split, cfg.seed)
+    out = {}
+    for name, members in ids.items():
+        members = set(members)
+        chosen = [p for p in pairs if p.material_id in members]
+        cap = cfg.max_train if name == "train" else cfg.max_eval
+        out[name] = chosen[:cap] if cap is not None else chosen
+    if not out["train"]:
+        raise ValueError(f"{cfg.data}: no training pairs after the split {cfg.split}")
+    return out
+
+
+def pad_splits(splits: dict, cutoff: float, skin: float, dtype=None) -> dict:
+    """Every non-empty split as (`PairSet`, material ids), all padded to one (atoms, edges) shape."""
+    systems = {k: ([from_atoms(p.initial, dtype=dtype) for p in v], [from_atoms(p.final, dtype=dtype) for p in v])
+               for k, v in splits.items() if v}
+    probe = [make_batch([s], cutoff, skin) for a, b in systems.values() for s in a + b]
+    n_atoms = max(int(b.system.positions.shape[1]) for b in probe)
+    n_edges = int(np.ceil(1.1 * max(int(b.graph.mask.shape[1]) for b in probe)))
+    out = {}
+    for k, (a, b) in systems.items():
+        out[k] = (PairSet(make_batch(a, cutoff, skin, n_atoms, n_edges), make_batch(b, cutoff, skin, n_atoms, n_edges),
+                          jnp.asarray([p.energy for p in splits[k]], dtype=dtype)),
+                  [p.material_id for p in splits[k]])
+    return out
+
+
+# --------------------------------------------------------------------------- loss and evaluation
+def make_loss(cfg: RelaxTuneConfig):
+    """loss_fn(model, PairSet, key) -> (L, metrics) for `training.make_update`."""
+    weights = LossWeights(**cfg.weights)
+
+    def loss_fn(model, pairs: PairSet, key):
+        r = relax(model, pairs.start, cell=cfg.cell, method=cfg.method, steps=cfg.relax_steps, fmax=cfg.fmax,
+                  adjoint=cfg.adjoint, skin=cfg.skin, **cfg.relaxer)
+        t = pairs.target.system
+        mask = pairs.target.node_mask
+        loss = batch_loss(r, t.positions, t.cell, t.numbers, mask,
+                          ref_energy=pairs.energy if weights.energy else None, weights=weights)
+        rms = jax.vmap(rms_displacement)(r.positions, r.cell, t.positions, t.cell, t.numbers, mask)
+        dv = jax.vmap(volume_error)(r.cell, t.cell)
+        return loss, {"rms_displacement": jnp.mean(rms), "abs_volume_error": jnp.mean(jnp.abs(dv)),
+                      "converged": jnp.mean(r.converged.astype(loss.dtype)),
+                      "graph_ok": jnp.mean(r.graph_ok.astype(loss.dtype))}
+
+    return loss_fn
+
+
+@eqx.filter_jit
+def _relax_eval(potential, start, target, steps, fmax, cell, method, skin, relaxer):
+    r = relax(potential, start, cell=cell, method=method, steps=steps, fmax=fmax, skin=skin, **dict(relaxer))
+    t = target.system
+    rms = jax.vmap(rms_displacement)(r.positions, r.cell, t.positions, t.cell, t.numbers, target.node_mask)
+    dv = jax.vmap(volume_error)(r.cell, t.cell)
+    return rms, dv, r.n_steps, r.converged, r.graph_ok
+
+
+def evaluate_relaxations(potential, pairs: PairSet, cfg: RelaxTuneConfig, ids=None) -> dict:
+    """Relax the starts fully (no gradients): per-structure RMS displacement [Å], V/V_DFT − 1,
+    steps, converged, graph_ok; plus their means."""
+    fmax = cfg.eval_fmax or cfg.fmax
+    rms, dv, n, conv, ok = (np.asarray(a) for a in _relax_eval(
+        potential, pairs.start, pairs.target, cfg.eval_relax_steps, fmax, cfg.cell, cfg.method, cfg.skin,
+        tuple(sorted(cfg.relaxer.items()))))
+    return {**relaxation_summary(rms, dv, n, conv), "graph_ok": float(ok.mean()),
+            "per_structure": {"material_id": list(ids or []), "rms_displacement": rms.tolist(),
+                              "volume_error": dv.tolist(), "steps": n.tolist(), "converged": conv.tolist()}}
+
+
+def _energies_forces(potential, batch: Batch):
+    ev = evaluate_batch(potential, batch)
+    return ev.energy, ev.forces
+
+
+def forgetting(base, tuned, pairs: PairSet) -> dict:
+    """Fine-tuned vs base model on the (perturbed) test starts: mean |ΔE|/N [eV/atom], force MAE
+    [eV/Å]; and each model's energy MAE vs DFT on the relaxed structures [eV/atom]."""
+    n = np.asarray(pairs.start.n_atoms, dtype=float)
+    m = np.asarray(pairs.start.node_mask)[..., None]
+    e0, f0 = (np.asarray(a, float) for a in _energies_forces(base, pairs.start))
+    e1, f1 = (np.asarray(a, float) for a in _energies_forces(tuned, pairs.start))
+    out = {"energy_change_eV_per_atom": float(np.mean(np.abs(e1 - e0) / n)),
+           "force_change_mae_eV_A": float(np.sum(np.abs(f1 - f0) * m) / (3 * np.sum(m)))}
+    e_dft = np.asarray(pairs.energy, float)
+    if np.all(np.isfinite(e_dft)):
+        for name, pot in (("base", base), ("tuned", tuned)):
+            e = np.asarray(_energies_forces(pot, pairs.target)[0], float)
+            out[f"{name}_energy_mae_vs_dft_eV_per_atom"] = float(np.mean(np.abs(e - e_dft) / n))
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None = None) -> dict:
+    """Fine-tune (resuming from workdir) and evaluate; returns the evaluation dict."""
+    dtype = precision.dtype_for(cfg.x64)
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(workdir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    base = load_potential(cfg.model, dtype)
+    splits = load_splits(cfg, base)
+    for name, pairs in splits.items():
+        if pairs:
+            relax_data.write_pairs(workdir / f"pairs-{name}.extxyz", pairs)
+    sets = pad_splits(splits, base.cutoff, cfg.skin, dtype)
+    train, _ = sets["train"]
+    print("pairs: " + ", ".join(f"{k} {len(v[1])}" for k, v in sets.items())
+          + f"; padded to {train.start.system.positions.shape[1]} atoms / {train.start.graph.mask.shape[1]} edges",
+          flush=True)
+    optimizer = training.make_optimizer(training.OptimizerConfig(**{"total_steps": cfg.steps, **cfg.optimizer}))
+    state, static = training.init_state(base, optimizer)
+    update = training.make_update(make_loss(cfg), optimizer, cfg.ema_decay)
+
+    def step_fn(state, static, step, key):
+        return update(state, static, train.take(training.batch_indices(int(train.energy.shape[0]), cfg.batch_size, step, cfg.seed)), key)
+
+    val = sets.get("validation")
+    eval_fn = None
+    if val is not None and cfg.eval_every:
+        def eval_fn(state):
+            r = evaluate_relaxations(training.combine(state.ema, static), val[0], cfg)
+            return {f"val_{k}": v for k, v in r.items() if k != "per_structure"}
+
+    state = training.fit(state, static, step_fn, cfg.steps, workdir, cfg.checkpoint_every, eval_fn=eval_fn,
+                         eval_every=cfg.eval_every, seed=cfg.seed, progress=progress, max_seconds=max_seconds)
+    tuned = training.combine(state.ema, static)
+    result = {"steps": int(state.step)}
+    if int(state.step) < cfg.steps:
+        print(f"stopped at step {int(state.step)}/{cfg.steps} (time limit); run again to resume", flush=True)
+        return result
+    result["model"] = str(save_potential(tuned, workdir / "model"))
+    result["eval_set"] = next(k for k in ("test", "validation", "train") if k in sets)
+    test, ids = sets[result["eval_set"]]
+    result["before"] = evaluate_relaxations(base, test, cfg, ids)
+    result["after"] = evaluate_relaxations(tuned, test, cfg, ids)
+    result["forgetting"] = forgetting(base, tuned, test)
+    atomic_write(workdir / "evaluation.json", json.dumps(result, indent=2))
+    return result
+
+
+def summary(result: dict) -> str:
+    """Human-readable before/after table of `run`'s result."""
+    if "before" not in result:
+        return f"fine-tuning incomplete ({result['steps']} steps)"
+    rows = [f"{result['eval_set']} set ({len(result['before']['per_structure']['material_id'])} relaxations):",
+            f"{'':8s} {'RMS disp [Å]':>13s} {'|ΔV/V|':>9s} {'steps':>7s} {'converged':>10s}"]
+    for k in ("before", "after"):
+        r = result[k]
+        rows.append(f"{k:8s} {r['rms_displacement']:13.4f} {r['abs_volume_error']:9.4f} {r['steps']:7.1f} "
+                    f"{r['converged']:10.2f}")
+    rows.append("forgetting: " + ", ".join(f"{k} {v:.4g}" for k, v in result["forgetting"].items()))
+    rows.append(f"model: {result['model']}")
+    return "\n".join(rows)

@@ -1,0 +1,222 @@
+"""Training machinery shared by phonon fine-tuning and relaxation fine-tuning.
+
+    optimizer = make_optimizer(OptimizerConfig(...))            # optax chain
+    state, static = init_state(model, optimizer)                # trainable leaves + the rest
+    update = make_update(loss_fn, optimizer, ema_decay)         # pure, jit-able
+    state, metrics = update(state, static, batch, key)
+    model = combine(state.params, static); ema_model = combine(state.ema, static)
+
+`loss_fn(model, batch, key) -> (loss, metrics_dict)`. Batches and random keys must be pure
+functions of the step number (`fold_in(seed, step)`), so that `fit` resumed from a
+checkpoint reproduces the uninterrupted run exactly. Checkpoints are written atomically
+(`curvax.io.atomic_write`): a kill at any moment leaves the last good one.
+EMA: θ_ema ← d·θ_ema + (1 − d)·θ (Polyak averaging).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from curvax.io import atomic_write
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # "adam" | "adamw" | "sgd"
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0  # global-norm clipping
+    schedule: str = "constant"  # "constant" | "cosine"
+    warmup_steps: int = 0
+    total_steps: int = 1000
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """optax chain: [clip by global norm] → Adam/AdamW/SGD with an optional warm-up + cosine schedule."""
+    if cfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0 if cfg.warmup_steps else cfg.learning_rate,
+                                                cfg.learning_rate, max(cfg.warmup_steps, 1),
+                                                max(cfg.total_steps, cfg.warmup_steps + 1))
+    elif cfg.schedule == "constant":
+        lr = (optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+              if cfg.warmup_steps else cfg.learning_rate)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r} (constant | cosine)")
+    opts = {"adam": lambda: optax.adam(lr),
+            "adamw": lambda: optax.adamw(lr, weight_decay=cfg.weight_decay),
+            "sgd": lambda: optax.sgd(lr)}
+    if cfg.name not in opts:
+        raise ValueError(f"unknown optimizer {cfg.name!r} ({' | '.join(opts)})")
+    chain = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    return optax.chain(*chain, opts[cfg.name]())
+
+
+class TrainState(NamedTuple):
+    step: jnp.ndarray
+    params: Any  # trainable (floating-point array) leaves of the model
+    opt_state: Any
+    ema: Any  # exponential moving average of params
+
+
+def init_state(model, optimizer) -> tuple[TrainState, Any]:
+    """Split `model` into trainable params and static rest; returns (state, static)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), params), static
+
+
+def combine(params, static):
+    return eqx.combine(params, static)
+
+
+def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99) -> Callable:
+    """Pure update step `(state, static, batch, key) -> (state, metrics)` (jit-compiled)."""
+
+    @eqx.filter_jit
+    def update(state: TrainState, static, batch, key):
+        def f(params):
+            return loss_fn(combine(params, static), batch, key)
+
+        (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+        return TrainState(state.step + 1, params, opt_state, ema), metrics
+
+    return update
+
+
+def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+    """Indices of the batch used at `step`: epoch-wise permutations, a pure function of
+    (step, seed), so a resumed run sees the same batches as an uninterrupted one."""
+    batch_size = min(batch_size, n_items)
+    per_epoch = max(n_items // batch_size, 1)
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
+    return perm[pos * batch_size: (pos + 1) * batch_size]
+
+
+def save_checkpoint(path, state: TrainState, meta: dict | None = None) -> None:
+    """Atomically write `state` (+ JSON metadata on the first line) to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write((json.dumps(meta or {}) + "\n").encode())
+            eqx.tree_serialise_leaves(f, state)
+
+    atomic_write(path, write)
+
+
+def load_checkpoint(path, like: TrainState) -> tuple[TrainState, dict]:
+    """Read a checkpoint written by `save_checkpoint`; `like` gives the tree structure."""
+    with open(path, "rb") as f:
+        try:
+            meta = json.loads(f.readline().decode())
+            state = eqx.tree_deserialise_leaves(f, like)
+        except Exception as e:
+            raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); "
+                             f"delete it to start afresh") from e
+    return state, meta
+
+
+def checkpoint_step(path) -> int:
+    """Number of `fit` steps recorded in a checkpoint (0 if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return int(json.loads(f.readline().decode()).get("step", 0))
+
+
+class MetricsLog:
+    """Append-only CSV of per-step metrics; on resume, rows after the checkpoint are dropped."""
+
+    def __init__(self, path, resume_step: int = 0):
+        self.path = Path(path)
+        self.fields = None
+        rows = []
+        if self.path.exists() and resume_step > 0:
+            with open(self.path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        if rows:
+            self.fields = list(rows[0].keys())
+            self._rewrite(rows)
+        elif self.path.exists():
+            self.path.unlink()
+
+    def _rewrite(self, rows):
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.fields)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(self.path, buf.getvalue())
+
+    def write(self, row: dict) -> None:
+        row = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v)
+               for k, v in row.items()}
+        if self.fields is None:
+            self.fields = list(row.keys())
+            self._rewrite([])
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+def read_metrics(path) -> list[dict]:
+    with open(path) as f:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def fit(state: TrainState, static, step_fn: Callable, n_steps: int, workdir,
+        checkpoint_every: int = 10, eval_fn: Callable | None = None, eval_every: int = 0,
+        seed: int = 0, progress: bool = True, max_seconds: float | None = None):
+    """Run `step_fn(state, static, step, key) -> (state, metrics)` until `n_steps`, resuming.
+
+    workdir/checkpoint.eqx   last checkpoint (atomic), resumed from if present
+    workdir/metrics.csv      one row per step
+    workdir/eval.csv         one row per evaluation, `eval_fn(state) -> dict`, every `eval_every` steps
+    Returns the final state. `max_seconds` stops early (after a checkpoint) for time-boxed runs.
+    """
+    from tqdm.auto import tqdm
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = workdir / "checkpoint.eqx"
+    start = 0  # fit steps done; may differ from state.step (optimizer updates) when a step
+    if ckpt.exists():  # makes several updates, as PFT's phonon + k upstream updates
+        state, meta = load_checkpoint(ckpt, state)
+        start = int(meta.get("step", state.step))
+    log = MetricsLog(workdir / "metrics.csv", resume_step=start)
+    eval_log = MetricsLog(workdir / "eval.csv", resume_step=start)
+    base_key = jax.random.PRNGKey(seed)
+    t0 = time.time()
+    bar = tqdm(total=n_steps, initial=start, disable=not progress, desc="fine-tune", unit="step")
+    for step in range(start, n_steps):
+        state, metrics = step_fn(state, static, step, jax.random.fold_in(base_key, step))
+        row = {"step": step + 1, "time_s": round(time.time() - t0, 3)}
+        row.update({k: float(v) for k, v in metrics.items()})
+        log.write(row)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("loss")})
+        last = step + 1 == n_steps
+        if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or last):
+            eval_log.write({"step": step + 1, **{k: float(v) for k, v in eval_fn(state).items()}})
+        out_of_time = max_seconds is not None and time.time() - t0 > max_seconds
+        if (step + 1) % checkpoint_every == 0 or last or out_of_time:
+            save_checkpoint(ckpt, state, {"step": step + 1})
+        if out_of_time:
+            break
+    bar.close()
+    return state

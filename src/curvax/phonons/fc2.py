@@ -1,0 +1,180 @@
+"""Second-order force constants (FC2) in phonopy's layout by exact Hessian-vector products.
+
+    Φ_{iα,jβ} = ∂²E / ∂u_iα ∂u_jβ   [eV/Å²],   full (Ns, Ns, 3, 3), compact (Np, Ns, 3, 3)
+
+Finite displacements compute F(u) for each of phonopy's symmetry-reduced displacements u and
+fit Φ ≈ −F/u. Here the same minimal displacement set (`Phonopy.generate_displacements`, one
+displaced atom per symmetry-independent site and direction) is fed the *exact* linear-response
+forces F = −H·u, obtained as Hessian-vector products (forward-over-reverse, all in one
+linearisation, `curvax.hessian.hessian_columns`). Forces are exactly linear in u, so phonopy's
+symmetry solver (site-symmetry expansion + distribution to equivalent atoms) reconstructs the
+columns it was not given without truncation error; the acoustic sum rule Σ_j Φ_ij = 0 and
+Φ_ij = Φ_jiᵀ are then imposed by phonopy's projection (`symmetrize_force_constants`).
+The graph (neighbour list, periodic images) is frozen at the equilibrium supercell, as for the
+Hessian at fixed cell. Cost: K HVPs, K = number of phonopy displacements (a few for cubic
+crystals, ≤ 3 Np for P1), instead of 3 Ns columns of the dense Hessian.
+Shape buckets (`bucket=True`): the supercell is padded to a few sizes (atoms to a multiple of
+32, edges up a ×1.5 ladder; padded atoms have no edges and no energy) and the HVPs run in
+fixed chunks, so materials of similar size and every model of one architecture (parameters
+are arguments of the compiled program) share one compilation.
+Ref.: A. Togo, I. Tanaka, Scr. Mater. 108, 1 (2015) (phonopy); B. Pearlmutter,
+Neural Comput. 6, 147 (1994) (HVP).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from curvax.batch import bucket_shape, graph_of, pad_structure
+from curvax.hessian import hessian, hessian_columns
+from curvax.neighbors import allocate
+from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
+from curvax.potentials.base import parameter_dtype
+from curvax.system import from_atoms
+
+__all__ = [
+    "FC2Result", "force_constants", "force_constants_from_atoms", "dense_force_constants",
+    "finite_displacement_force_constants", "acoustic_sum_rule_violation", "supercell_shape",
+]
+
+
+class FC2Result(NamedTuple):
+    """Force constants and what they cost."""
+    force_constants: np.ndarray   # (Ns, Ns, 3, 3) full or (Np, Ns, 3, 3) compact [eV/Å²]
+    n_hvp: int                     # Hessian-vector products evaluated (= phonopy displacements)
+    n_atoms: int                   # supercell atoms Ns
+
+
+def _supercell_system(phonon, potential, dtype=None):
+    atoms = phonopy_to_atoms(phonon.supercell)
+    dtype = dtype or parameter_dtype(potential)
+    system = from_atoms(atoms, dtype=dtype)
+    _, graph = allocate(system, potential.cutoff)
+    return system, graph
+
+
+@eqx.filter_jit
+def _columns(potential, system, graph, vs, chunk):
+    return hessian_columns(potential, system, graph, vs, chunk)
+
+
+def supercell_shape(phonon, cutoff: float) -> tuple[int, int]:
+    """(atoms, edges) of `phonon.supercell`'s graph at `cutoff` [Å] (for a common `bucket`)."""
+    system = from_atoms(phonopy_to_atoms(phonon.supercell))
+    return system.positions.shape[0], int(np.sum(np.asarray(graph_of(system, cutoff).mask)))
+
+
+def _bucketed_columns(potential, system, graph, vs, chunk, shape=None):
+    """H·v of `vs` (K, N, 3) on the structure padded to `shape` (atoms, edges; default, or when
+    the structure does not fit: `bucket_shape`), `chunk` probes per compiled call."""
+    n, k = vs.shape[1], vs.shape[0]
+    n_edges = int(np.sum(np.asarray(graph.mask)))
+    if shape is None or n > shape[0] or n_edges > shape[1]:
+        shape = bucket_shape(n, n_edges)
+    n_pad, e_pad = shape
+    padded = pad_structure(system, graph, n_pad, e_pad)
+    sys_p = padded.system._replace(positions=jnp.asarray(padded.system.positions))
+    vs_p = np.zeros((int(np.ceil(k / chunk)) * chunk, n_pad, 3), dtype=np.asarray(vs).dtype)
+    vs_p[:k, :n] = vs
+    out = [np.asarray(_columns(potential, sys_p, padded.graph, jnp.asarray(vs_p[c:c + chunk]), chunk))
+           for c in range(0, len(vs_p), chunk)]
+    return np.concatenate(out)[:k, :n]
+
+
+def _fresh_phonopy(phonon):
+    """A copy of `phonon`'s structure and matrices without dataset or force constants."""
+    from phonopy import Phonopy
+
+    return Phonopy(phonon.unitcell, supercell_matrix=phonon.supercell_matrix,
+                   primitive_matrix=phonon.primitive_matrix, symprec=phonon.symmetry.tolerance,
+                   log_level=0)
+
+
+def force_constants(phonon, potential, compact: bool = False, symmetrize: bool = True,
+                    chunk: int = 16, dtype=None, assign: bool = True, bucket=False) -> FC2Result:
+    """FC2 of `phonon.supercell` under `potential` from HVPs on phonopy's minimal displacements.
+
+    phonon: a `phonopy.Phonopy` (its unit cell, supercell and primitive matrices and symmetry
+    are used; its dataset is not touched). compact: (Np, Ns, 3, 3) instead of (Ns, Ns, 3, 3).
+    symmetrize: impose the acoustic sum rule and index symmetry (phonopy's projection).
+    chunk: HVPs evaluated together (memory ∝ chunk). dtype: of the positions (default: the
+    potential's). assign: also set `phonon.force_constants`. bucket: True pads to `bucket_shape`, an
+    (atoms, edges) pair (e.g. `common_shape` of a set of materials) pads to that shape; either
+    way `chunk` HVPs are evaluated per compiled call (compile once for many materials and models).
+    Returns `FC2Result(force_constants [eV/Å²], n_hvp, n_atoms)`.
+    """
+    work = _fresh_phonopy(phonon)
+    # u = 0.01 Å as phonopy's default; the result does not depend on it (F = −H·u is linear).
+    work.generate_displacements(distance=0.01, is_plusminus=False)
+    system, graph = _supercell_system(work, potential, dtype)
+    n = system.positions.shape[0]
+    disps = work.displacements  # [[atom, ux, uy, uz], ...]
+    vs = np.zeros((len(disps), n, 3))
+    for k, d in enumerate(disps):
+        vs[k, int(d[0])] = d[1:4]
+    vs = vs.astype(np.asarray(system.positions).dtype)
+    if bucket is False or bucket is None:
+        hv = _columns(potential, system, graph, jnp.asarray(vs), chunk)
+    else:
+        hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket))
+    work.forces = -np.asarray(hv, dtype=np.float64)
+    work.produce_force_constants(calculate_full_force_constants=not compact, show_drift=False)
+    if symmetrize:
+        work.symmetrize_force_constants(show_drift=False)
+    fc = np.array(work.force_constants)
+    if not np.all(np.isfinite(fc)):
+        raise ValueError("non-finite force constants (NaN/inf in the model's Hessian)")
+    if assign:
+        phonon.force_constants = fc
+    return FC2Result(fc, len(disps), n)
+
+
+def force_constants_from_atoms(atoms, supercell_matrix, potential, primitive_matrix="auto",
+                               symprec: float = 1e-5, **kw):
+    """Build a `phonopy.Phonopy` for `atoms` (unit cell) and `supercell_matrix` (3 ints or 3×3)
+    and set its FC2 by `force_constants`. Returns `(phonon, FC2Result)`."""
+    import warnings
+
+    from phonopy import Phonopy
+
+    smat = np.asarray(supercell_matrix, dtype=int)
+    if smat.shape == (3,):
+        smat = np.diag(smat)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
+        phonon = Phonopy(atoms_to_phonopy(atoms), supercell_matrix=smat,
+                         primitive_matrix=primitive_matrix, symprec=symprec, log_level=0)
+    return phonon, force_constants(phonon, potential, **kw)
+
+
+def dense_force_constants(phonon, potential, chunk: int = 16, dtype=None) -> np.ndarray:
+    """All 3Ns Hessian columns, no symmetry (reference; `curvax.hessian.hessian`) [eV/Å²]."""
+    system, graph = _supercell_system(phonon, potential, dtype)
+    return np.asarray(hessian(potential, system, graph, chunk), dtype=np.float64)
+
+
+def finite_displacement_force_constants(phonon, calc, distance: float = 0.01, is_plusminus=True,
+                                        compact: bool = False, symmetrize: bool = True):
+    """FC2 by phonopy's finite displacements with an ASE calculator `calc` (e.g.
+    `curvax.ase.Calculator(potential)`): Φ fitted to F(±u). Central differences (±u) have a
+    truncation error O(u²·∂⁴E). Returns `(fc [eV/Å²], n_force_calls)`."""
+    work = _fresh_phonopy(phonon)
+    work.generate_displacements(distance=distance, is_plusminus=is_plusminus)
+    forces = []
+    for sc in work.supercells_with_displacements:
+        atoms = phonopy_to_atoms(sc)
+        atoms.calc = calc
+        forces.append(np.array(atoms.get_forces(), dtype=np.float64))
+    work.forces = np.array(forces)
+    work.produce_force_constants(calculate_full_force_constants=not compact, show_drift=False)
+    if symmetrize:
+        work.symmetrize_force_constants(show_drift=False)
+    return np.array(work.force_constants), len(forces)
+
+
+def acoustic_sum_rule_violation(fc) -> float:
+    """max_i,αβ |Σ_j Φ_{iα,jβ}| [eV/Å²] (zero for translation-invariant FC)."""
+    return float(np.abs(np.asarray(fc).sum(axis=1)).max())

@@ -1,0 +1,211 @@
+"""Phonon fine-tuning: training reduces the force-constant error, resume reproduces the
+uninterrupted run, co-training bounds forgetting; the Nequix pipeline end to end."""
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase.build import bulk
+from conftest import NEQUIX_MP, PHONONS, RELAX
+
+from curvax import LennardJones, batch as batching
+from curvax.config import load_config
+from curvax.finetune import efs_data, pft as finetune, training
+from curvax.batch import graph_of
+from curvax.hessian import hessian
+from curvax.finetune.evaluation import efs_errors
+from curvax.relax.data import perturb
+from curvax.system import from_atoms
+
+BASE = LennardJones(sigma=2.3, epsilon=0.1, cutoff=5.0, smooth=True)
+TARGET = LennardJones(sigma=2.3, epsilon=0.13, cutoff=5.0, smooth=True)  # the toy's "DFT": stiffer
+
+
+def _toy_data(n_up=6, n_hold=4):
+    """Phonon batch (2 Cu cells, FC of TARGET) and pseudo-labelled upstream frames of BASE."""
+    rng = np.random.default_rng(0)
+    items, fcs = [], []
+    for reps, a in (((2, 1, 1), 3.55), ((1, 1, 1), 3.6)):
+        atoms = bulk("Cu", "fcc", a=a, cubic=True) * reps
+        s = from_atoms(atoms)
+        g = graph_of(s, BASE.cutoff)
+        items.append((s, g, dict(forces=np.zeros((len(atoms), 3)))))
+        fcs.append(np.asarray(hessian(TARGET, s, g)))
+    phonon = batching.stack(efs_data.pad_all(items))
+    n = phonon.system.positions.shape[1]
+    fc = np.zeros((2, n, n, 3, 3))
+    for k, f in enumerate(fcs):
+        fc[k, : len(f), : len(f)] = f
+    frames = []
+    for k in range(n_up + n_hold):
+        s = from_atoms(perturb(bulk("Cu", "fcc", a=3.6, cubic=True), 0.08, 0.03, rng))
+        frames.append((s, graph_of(s, BASE.cutoff), {}))
+    up = efs_data.pseudo_label(BASE, batching.stack(efs_data.pad_all(frames)))
+    return phonon, jnp.asarray(fc), batching.take(up, np.arange(n_up)), batching.take(up, np.arange(n_up, n_up + n_hold))
+
+
+def _fit(tmp, k_up, steps, phonon, fc, up, lr=2e-3):
+    """`fit` of the PFT step (phonon-only when k_up = 0) from BASE; MAE losses, Adam."""
+    cfg = finetune.FinetuneConfig(model="toy", upstream_steps_per_phonon_step=k_up, phonon_batch_size=2,
+                                  upstream_batch_size=2, w_phonon_efs=(0.0, 0.0, 0.0))
+    opt = training.make_optimizer(training.OptimizerConfig(learning_rate=lr, grad_clip=None))
+    state, static = training.init_state(BASE, opt)
+    step_fn = finetune.make_step_fn(cfg, phonon, fc, up, opt)
+    state = training.fit(state, static, step_fn, steps, tmp, checkpoint_every=1, progress=False)
+    return state, static
+
+
+def _fc_error(pot, phonon, fc):
+    """Mean |H − Φ| over the real atoms of every structure [eV/Å²] (dense Hessians)."""
+    errs = []
+    for k in range(fc.shape[0]):
+        s = batching.take(phonon, k)  # integer index: one unbatched structure
+        m = np.asarray(s.node_mask)
+        h = np.asarray(hessian(pot, s.system, s.graph))[m][:, m]
+        errs.append(np.abs(h - np.asarray(fc[k])[m][:, m]).mean())
+    return float(np.mean(errs))
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    phonon, fc, up, _ = _toy_data()
+    full, _ = _fit(tmp_path / "a", 1, 6, phonon, fc, up)
+    _fit(tmp_path / "b", 1, 3, phonon, fc, up)  # "killed" after 3 steps (last checkpoint)
+    resumed, _ = _fit(tmp_path / "b", 1, 6, phonon, fc, up)
+    assert int(resumed.step) == int(full.step) == 12  # optimizer updates: (1 phonon + 1 upstream) × 6
+    assert training.checkpoint_step(tmp_path / "b" / "checkpoint.eqx") == 6
+    for a, b in zip(jax.tree.leaves(full.params) + jax.tree.leaves(full.ema),
+                    jax.tree.leaves(resumed.params) + jax.tree.leaves(resumed.ema)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows_a = training.read_metrics(tmp_path / "a" / "metrics.csv")
+    rows_b = training.read_metrics(tmp_path / "b" / "metrics.csv")
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a] == list(range(1, 7))
+    assert rows_a[-1]["phonon_loss"] == rows_b[-1]["phonon_loss"]
+
+
+def test_pft_reduces_fc_error_and_cotraining_bounds_forgetting(tmp_path):
+    """The toy's phonon data want a 30 % stiffer potential than its upstream data (pseudo-labels
+    of BASE). Phonon-only training matches the target force constants (error −90 %) and forgets
+    the upstream forces (> 50 meV/Å); with the recipe's co-training (k = 2, E/F/σ weights
+    500/200/50 vs Hessian 100) the held-out upstream force error stays below 5 meV/Å."""
+    phonon, fc, up, hold = _toy_data()
+    only, static = _fit(tmp_path / "only", 0, 40, phonon, fc, up, lr=1e-2)
+    co, _ = _fit(tmp_path / "co", 2, 40, phonon, fc, up, lr=1e-2)
+    models = {"base": BASE, "only": training.combine(only.params, static), "co": training.combine(co.params, static)}
+    err = {k: _fc_error(m, phonon, fc) for k, m in models.items()}
+    assert err["only"] < 0.1 * err["base"]
+    assert err["co"] <= err["base"]
+    f = efs_errors(models, hold)
+    assert f["base"]["forces"] < 1e-12  # pseudo-labels are the base model's own forces
+    assert f["only"]["forces"] > 0.05
+    assert f["co"]["forces"] < 0.005
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x.nqx\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown config keys.*learning_rate"):
+        load_config(bad, finetune.FinetuneConfig)
+    bad.write_text("model: x.nqx\noptimizer: {lr: 1}\n")
+    with pytest.raises(ValueError, match="unknown optimizer keys.*lr"):
+        load_config(bad, finetune.FinetuneConfig)
+    bad.write_text("model: x.nqx\nremat: 'yes'\n")
+    with pytest.raises(ValueError, match="bad.yaml: remat must be true or false"):
+        load_config(bad, finetune.FinetuneConfig)
+    bad.write_text("model: x.nqx\nphonon_geometry: relaxed\n")
+    with pytest.raises(ValueError, match="bad.yaml: phonon_geometry must be one of"):
+        load_config(bad, finetune.FinetuneConfig)
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml", finetune.FinetuneConfig)
+    cfg = finetune.FinetuneConfig(model="x", phonon_train=[str(PHONONS / "Cr")], phonon_test=[str(PHONONS / "Cr")])
+    with pytest.raises(ValueError, match="phonon_test overlaps phonon_train"):
+        finetune._check_held_out(cfg)
+
+
+def _cr_fc_error(potential):
+    from curvax.phonons.fc2 import force_constants
+    from curvax.phonons.data import load_phonopy_dataset
+
+    dft = load_phonopy_dataset(PHONONS / "Cr")
+    return float(np.abs(force_constants(dft, potential, assign=False).force_constants - dft.force_constants).mean())
+
+
+@pytest.mark.slow
+def test_nequix_pft_cli_end_to_end(tmp_path, nequix32):
+    """`curvax finetune` on DFT Cr (co-trained on pseudo-labels): the Cr force-constant error
+    drops, the held-out upstream force drift stays below 20 meV/Å, the saved model loads with
+    both curvax and nequix, and the report covers the held-out material."""
+    import json
+
+    from nequix.model import load_model
+
+    from curvax.cli import main
+    from curvax.potentials import load_potential
+
+    cfg = tmp_path / "pft.yaml"
+    cfg.write_text(f"""
+model: {NEQUIX_MP}
+workdir: {tmp_path / 'run'}
+phonon_train: [{PHONONS / 'Cr'}]
+phonon_test: [{PHONONS / 'spacegroups' / 'POSCAR_P-62m'}]
+pseudo_label_structures: {RELAX / 'wbm-random-pbe52-equilibrium-2025.1.json.gz'}
+max_pseudo_atoms: 3
+n_pseudo: 4
+n_holdout: 2
+n_relax_eval: 1
+steps: 4
+upstream_steps_per_phonon_step: 1
+phonon_batch_size: 1
+upstream_batch_size: 2
+optimizer: {{learning_rate: 1.0e-3}}
+ema_decay: 0.0
+checkpoint_every: 2
+eval_protocols: [unrelaxed]
+""")
+    assert main(["finetune", str(cfg)]) == 0
+    run = tmp_path / "run"
+    tuned = load_potential(str(run / "model.nqx"))
+    before, after = _cr_fc_error(nequix32), _cr_fc_error(tuned)
+    assert after < 0.9 * before, (before, after)
+    report = json.loads((run / "report.json").read_text())
+    assert {r["material"] for r in report["phonons"]} == {"P-62m"}
+    assert report["upstream_holdout"]["fine-tuned"]["forces"] < 0.02
+    assert (run / "report.png").stat().st_size > 1000
+    rows = training.read_metrics(run / "metrics.csv")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # the saved file is a plain nequix model
+    with jax.enable_x64(False):  # the file is float32, as nequix writes it
+        loaded, _ = load_model(str(run / "model.nqx"))
+    a = jax.tree.leaves(eqx.filter(loaded, eqx.is_inexact_array))
+    b = jax.tree.leaves(eqx.filter(tuned.model, eqx.is_inexact_array))
+    assert len(a) == len(b) > 0
+    assert any(not np.array_equal(x, y) for x, y in zip(b, jax.tree.leaves(eqx.filter(nequix32.model, eqx.is_inexact_array))))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_model_volume_geometry_scales_the_dft_supercell_to_zero_model_pressure():
+    """phonon_geometry "model_volume": the DFT supercell is scaled isotropically (fractional
+    coordinates kept) to the potential's zero pressure of the unit cell; the DFT force
+    constants are unchanged; "dft" keeps the DFT geometry; anything else is an error."""
+    from curvax import compute
+    from curvax.phonons.convert import phonopy_to_atoms
+    from curvax.phonons.data import load_phonopy_dataset
+    from curvax.relax import scaled_cell
+
+    lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)  # not Cr's lattice
+    dft = load_phonopy_dataset(PHONONS / "Cr")
+    n = len(dft.supercell)
+    _, ref, fc_ref = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "dft")
+    _, vol, fc_vol = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "model_volume")
+    np.testing.assert_array_equal(np.asarray(fc_vol), np.asarray(fc_ref))
+    x_ref = np.asarray(ref.system.positions[0, :n])
+    np.testing.assert_allclose(x_ref, dft.supercell.positions, atol=1e-12)
+    cell_ref, cell_vol = np.asarray(ref.system.cell[0]), np.asarray(vol.system.cell[0])
+    s = cell_vol[0, 0] / cell_ref[0, 0]
+    assert abs(s - 1) > 0.01  # the toy's equilibrium is not Cr's
+    np.testing.assert_allclose(cell_vol, s * cell_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(vol.system.positions[0, :n]), s * x_ref, atol=1e-10)
+    unit = scaled_cell(phonopy_to_atoms(dft.unitcell), s)
+    assert abs(np.asarray(compute(lj, from_atoms(unit))[0]["stress"])[:3].mean()) < 1e-4  # eV/Å³
+    with pytest.raises(ValueError, match="phonon_geometry"):
+        finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "relaxed")

@@ -1,0 +1,84 @@
+"""phonondb archives load in memory into phonopy with the same DFT force constants as phonopy
+reading the unpacked files; the split by formula is disjoint, deterministic and keeps the test
+materials fixed; bad archives fail with the file named."""
+import tarfile
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import SHARED
+
+from curvax.finetune.pft import phonondb_split
+from curvax.phonons.data import dataset_name, list_datasets, load_phonopy_dataset, phonondb_entries
+
+PHONONDB = SHARED / "data" / "phonondb"
+pytestmark = pytest.mark.skipif(not (PHONONDB / "manifest.csv").is_file(), reason=f"{PHONONDB} missing")
+
+
+def _small_insulator():
+    return next(e for e in phonondb_entries(PHONONDB, 24) if e.formula == "NaBH4")
+
+
+def test_archive_equals_phonopy_on_the_unpacked_files(tmp_path):
+    import phonopy
+
+    entry = _small_insulator()
+    ph = load_phonopy_dataset(entry.path)
+    with tarfile.open(entry.path) as tar:
+        tar.extractall(tmp_path, filter="data")
+    folder = next(tmp_path.iterdir())
+    conf = {k.strip(): v.split() for k, _, v in (line.partition("=") for line in
+                                                  (folder / "phonopy.conf").read_text().splitlines()) if v}
+    dim = np.array(conf["DIM"], dtype=float)
+    dim = np.diag(dim) if dim.size == 3 else dim.reshape(3, 3)
+    prim = np.array([float(Fraction(x)) for x in conf["PRIMITIVE_AXIS"]], float).reshape(3, 3) if "PRIMITIVE_AXIS" in conf else "auto"
+    ref = phonopy.load(unitcell_filename=str(folder / "POSCAR-unitcell"), supercell_matrix=dim.astype(int),
+                       primitive_matrix=prim,
+                       force_sets_filename=str(folder / "FORCE_SETS"), born_filename=str(folder / "BORN"),
+                       symmetrize_fc=True, is_compact_fc=False, log_level=0)
+    assert len(ph.supercell) == entry.n_supercell == len(ref.supercell)
+    np.testing.assert_allclose(ph.force_constants, ref.force_constants, atol=1e-10)
+    np.testing.assert_allclose(ph.primitive.cell, ref.primitive.cell, atol=1e-12)
+    assert ph.nac_params is not None  # BORN read for an insulator
+    np.testing.assert_allclose(ph.nac_params["born"], ref.nac_params["born"])
+    # physical: acoustic sum rule, Γ acoustic modes ≈ 0, no instability at Γ for this material
+    assert np.abs(ph.force_constants.sum(axis=1)).max() < 1e-8
+    ph.run_qpoints([[0, 0, 0]])
+    freqs = ph.qpoints.frequencies[0]
+    assert np.abs(freqs[:3]).max() < 0.05 and freqs[3:].min() > 0.5
+    assert dataset_name(entry.path) == entry.mp_id
+
+
+def test_listing_and_bad_archive(tmp_path):
+    assert len(list_datasets(PHONONDB)) == len(phonondb_entries(PHONONDB)) > 4000
+    bad = tmp_path / "materials-id-1-x.tar.lzma"
+    bad.write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match="materials-id-1-x.tar.lzma: unreadable phonondb archive"):
+        load_phonopy_dataset(bad)
+    with pytest.raises(FileNotFoundError, match="manifest.csv"):
+        phonondb_entries(tmp_path)
+
+
+def test_split_by_formula_is_disjoint_and_fixed():
+    a = phonondb_split(PHONONDB, 40, n_test=20, n_validation=8)
+    b = phonondb_split(PHONONDB, 40, n_test=20, n_validation=8, n_train=50)
+    assert a["test"] == b["test"] and a["validation"] == b["validation"]  # training size does not move them
+    assert len(a["test"]) >= 20 and len(a["validation"]) >= 8 and 50 <= len(b["train"]) < 60
+    entries = {e.path: e for e in phonondb_entries(PHONONDB, 40)}
+    from curvax.finetune.pft import _reduced_formula
+
+    formulas = {k: {_reduced_formula(entries[p].formula) for p in v} for k, v in a.items()}
+    assert not formulas["test"] & formulas["train"] and not formulas["validation"] & formulas["train"]
+    assert not formulas["test"] & formulas["validation"]
+    assert len(a["train"]) + len(a["validation"]) + len(a["test"]) == len(entries)
+    # the materials of ../shared/data/phonons are not in phonondb at all
+    assert not {"NaCl", "MgO", "ZnO", "SnO2", "Cr"} & set().union(*formulas.values())
+
+
+def test_split_draws_cheap_evaluation_materials():
+    split = phonondb_split(PHONONDB, 40, n_test=20, n_validation=8, eval_max_displacements=10)
+    entries = {e.path: e for e in phonondb_entries(PHONONDB, 40)}
+    for part in ("test", "validation"):
+        assert split[part] and all(entries[p].n_displacements <= 10 for p in split[part])
+    assert max(entries[p].n_displacements for p in split["train"]) > 10  # the rest train
+    assert len(split["train"]) + len(split["validation"]) + len(split["test"]) == len(entries)
