@@ -49,7 +49,7 @@ def si_batch(pot, n_atoms, n_structures, seed=0):
         atoms.rattle(0.03, seed=seed + k)
         s = from_atoms(atoms, dtype=jnp.float32)
         items.append((s, graph_of(s, pot.cutoff), {}))
-    b = efs_data.pseudo_label(pot, batching.stack(efs_data.pad_all(items)))
+    b = efs_data.pseudo_label(pot, batching.stack(batching.pad_all(items)))
     fc = jnp.stack([hessian(pot, batching.take(b, k).system, batching.take(b, k).graph) for k in range(n_structures)])
     return b, fc
 

@@ -7,7 +7,7 @@
 For each crystal (Nequix MP, float32 as shipped, jit, times are medians of `--repeat` warm calls):
   (a) one force call      F = −∂E/∂x at a fixed graph (eqx.filter_jit of the gradient)
   (b) one HVP             H·v = jvp(∇E)(x; v)  (forward-over-reverse, `curvax.hessian.hvp`)
-  (c) FC2 by AD           `curvax.force_constants.force_constants`: phonopy's symmetry-reduced
+  (c) FC2 by AD           `curvax.phonons.fc2.force_constants`: phonopy's symmetry-reduced
                           displacements (K of them) → K HVPs in one linearisation → phonopy
                           symmetrisation + ASR. Warm (jit cached) and cold (incl. compilation).
   (d) FC2 by FD           phonopy finite displacements (u = 0.01 Å, phonopy's default ± choice)

@@ -1,5 +1,5 @@
 """Relaxation fine-tuning benchmark: memory and time of one training-step gradient
-dL/dθ (L = relaxation loss of `curvax.relax_loss` after a positions + cell FIRE relaxation)
+dL/dθ (L = relaxation loss of `curvax.relax.metrics` after a positions + cell FIRE relaxation)
 vs the number of unrolled steps, for plain BPTT, checkpointed BPTT and implicit differentiation.
 
     .venv/bin/python benchmarks/bench_relax.py                       # LJ, defaults (CPU: ~minutes)

@@ -101,12 +101,13 @@ def bench_flux(args):
 
 def bench_fc3(args):
     from curvax.phonons import fc3 as F
+    from curvax.phonons.convert import phono3py_from_atoms
 
     if args.fc3_model == "morse":
         from curvax.potentials import Morse
 
         pot = Morse(epsilon=0.5, r0=2.35, rho0=5.0, rcut1=1.3, rcut2=1.8)
-        ph3 = F.phono3py_from_atoms(bulk("Si", "diamond", 5.43), [2, 2, 2], primitive_matrix="P")
+        ph3 = phono3py_from_atoms(bulk("Si", "diamond", 5.43), [2, 2, 2], primitive_matrix="P")
         what = "Morse, Si 2×2×2 primitive (16 atoms)"
     else:
         import phono3py

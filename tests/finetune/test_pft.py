@@ -31,7 +31,7 @@ def _toy_data(n_up=6, n_hold=4):
         g = graph_of(s, BASE.cutoff)
         items.append((s, g, dict(forces=np.zeros((len(atoms), 3)))))
         fcs.append(np.asarray(hessian(TARGET, s, g)))
-    phonon = batching.stack(efs_data.pad_all(items))
+    phonon = batching.stack(batching.pad_all(items))
     n = phonon.system.positions.shape[1]
     fc = np.zeros((2, n, n, 3, 3))
     for k, f in enumerate(fcs):
@@ -40,7 +40,7 @@ def _toy_data(n_up=6, n_hold=4):
     for k in range(n_up + n_hold):
         s = from_atoms(perturb(bulk("Cu", "fcc", a=3.6, cubic=True), 0.08, 0.03, rng))
         frames.append((s, graph_of(s, BASE.cutoff), {}))
-    up = efs_data.pseudo_label(BASE, batching.stack(efs_data.pad_all(frames)))
+    up = efs_data.pseudo_label(BASE, batching.stack(batching.pad_all(frames)))
     return phonon, jnp.asarray(fc), batching.take(up, np.arange(n_up)), batching.take(up, np.arange(n_up, n_up + n_hold))
 
 

@@ -116,7 +116,7 @@ def test_nequix_models_share_compiled_programs(nequix32):
     from curvax import load_potential
     from curvax.phonons.fc2 import _columns
 
-    pft = load_potential(str(NEQUIX_MP_PFT))
+    pft = load_potential(str(NEQUIX_MP_PFT), dtype=jax.numpy.float32)
     assert jax.tree.structure(pft) == jax.tree.structure(nequix32)
     phonon, _ = force_constants_from_atoms(bulk("Si", "diamond", a=5.43), [2, 2, 2], nequix32, bucket=True, chunk=4)
     n_compiled = _columns._cached._cache_size()

@@ -9,6 +9,7 @@ from ase.build import bulk
 from conftest import KAPPA
 
 from curvax.phonons import fc3 as F
+from curvax.phonons.convert import phono3py_from_atoms
 from curvax.derivatives import position_energy_fn
 from curvax.potentials import Morse
 
@@ -17,7 +18,7 @@ from curvax.potentials import Morse
 def si_morse():
     """Diamond Si (no inversion at the atoms: FC3 ≠ 0) with a Morse toy, 2×2×2 primitive supercell."""
     pot = Morse(epsilon=0.5, r0=2.35, rho0=5.0, rcut1=1.3, rcut2=1.8)
-    ph3 = F.phono3py_from_atoms(bulk("Si", "diamond", 5.43), [2, 2, 2], primitive_matrix="P")
+    ph3 = phono3py_from_atoms(bulk("Si", "diamond", 5.43), [2, 2, 2], primitive_matrix="P")
     return pot, ph3, F.compute_fc3(ph3, pot)
 
 

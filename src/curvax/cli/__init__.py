@@ -15,7 +15,9 @@ COMMANDS = (relax, relax_tune, phonons, kappa, gk, finetune)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="curvax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="curvax", description="Exact derivatives of machine-learned interatomic potentials: phonons, "
+                                   "thermal conductivity, relaxations, and fine-tuning on them.")
     parser.add_argument("--x64", action="store_true",
                         help="compute in float64 (default float32; also CURVAX_X64=1)")
     sub = parser.add_subparsers(dest="command", required=True)

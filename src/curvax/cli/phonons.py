@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from curvax import precision
+from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import load_phonopy_dataset
 from curvax.phonons.fc2 import force_constants
@@ -119,7 +120,7 @@ def run(args) -> int:
     print(f"FC2 by AD: {res.n_atoms}-atom supercell, {res.n_hvp} HVPs, {time.perf_counter() - t1:.1f} s")
 
     out.mkdir(parents=True, exist_ok=True)
-    phonon.save(str(out / "phonopy_model.yaml"), settings={"force_constants": True})
+    atomic_write(out / "phonopy_model.yaml", lambda tmp: phonon.save(tmp, settings={"force_constants": True}))
     props = {"model": phonon_properties(phonon, args.temperature, mesh)}
     errors = None
     if dft is not None:

@@ -3,8 +3,8 @@
 Sources:
 - extxyz, ASE databases (.db), vasprun.xml: anything `ase.io.read(path, ":")` reads with a
   calculator holding energy (eV) and forces (eV/Å), optionally stress (eV/Å³, ASE sign);
-- pseudo-labels: structures (e.g. DFT-relaxed crystals read by `relax_data.load_dft_relaxed`),
-  perturbed by `relax_data.perturb`, labelled with the *frozen base model's* own E/F/S. Co-training on
+- pseudo-labels: structures (e.g. DFT-relaxed crystals read by `curvax.relax.data.load_dft_relaxed`),
+  perturbed by `curvax.relax.data.perturb`, labelled with the *frozen base model's* own E/F/S. Co-training on
   these keeps the fine-tuned model close to the base model away from the phonon data.
 """
 from __future__ import annotations

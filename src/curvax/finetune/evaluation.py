@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvax.batch import bucket_shape, common_shape
+from curvax.io import atomic_write
 from curvax.finetune.losses import EFSWeights, batch_efs_loss
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import dataset_name, load_phonopy_dataset
@@ -102,7 +103,7 @@ def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10
                 relax_max_atoms: int | None = None) -> list[dict]:
     """One row per (material, protocol, model): properties, DFT values and errors (`compare`).
 
-    models: {label: potential}; datasets: paths for `phonon_data.load_phonopy_dataset`.
+    models: {label: potential}; datasets: paths for `curvax.phonons.data.load_phonopy_dataset`.
     The relaxed protocol relaxes every material's unit cell per model in one batched run
     (`relax_unit_cells`), only for unit cells of ≤ `relax_max_atoms` atoms when given (a
     relaxation costs hundreds of force+stress evaluations). A relaxation that does not
@@ -259,5 +260,5 @@ def plot_report(rows: list[dict], filename) -> None:
         ax.set_title(f"|Δ {prop}| [{PROPERTY_UNITS[prop]}]", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(filename, dpi=120)
+    atomic_write(filename, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)

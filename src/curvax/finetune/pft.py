@@ -2,7 +2,7 @@
 
 One training step (`step` counts these) =
     1 phonon update   on a batch of DFT supercells:  w_H·L_H (one HVP per structure, see
-                      `pft_loss`) + forces (DFT equilibrium: F* = 0) [+ stress where known]
+                      `curvax.finetune.losses`) + forces (DFT equilibrium: F* = 0) [+ stress where known]
     k upstream updates on E/F/S frames (real upstream files, or pseudo-labels of the frozen
                       base model on rattled/strained crystals when no upstream data is given)
 Batches and random probes are pure functions of the step number, so a run killed at any
@@ -27,7 +27,7 @@ volume, so the two settings push the model in opposite directions (README: measu
 
 Config: a YAML file (see `configs/pft-nequix-mp.yaml`); `FinetuneConfig` documents every key.
 Outputs in `workdir`: checkpoint.eqx, best.eqx, metrics.csv, eval.csv, config.yaml, split.json,
-model.nqx (EMA weights; loads with `curvax.load_nequix` and `nequix.model.load_model`).
+model.nqx (EMA weights; loads with `curvax.load_potential` and `nequix.model.load_model`).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from curvax.io import atomic_write
 from curvax.phonons.convert import phonopy_to_atoms
 from curvax.phonons.data import dataset_name, list_datasets, load_phonopy_dataset, phonondb_entries
 from curvax.phonons.properties import COMPARED, compare, phonon_properties
-from curvax.potentials import check_species, load_potential
+from curvax.potentials import check_species, load_potential, save_potential
 from curvax.relax import data as relax_data
 from curvax.relax.coordinates import scaled_cell
 from curvax.relax.driver import relax_volume
@@ -205,7 +205,7 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
         fcs.append(np.asarray(ph.force_constants))
     if not items:
         raise ValueError(f"no phonon training data with ≤ {max_atoms} supercell atoms in {list(paths)}")
-    structures = efs_data.pad_all(items)
+    structures = batching.pad_all(items)
     n_pad = structures[0].system.positions.shape[0]
     fc = np.zeros((len(fcs), n_pad, n_pad, 3, 3))
     for k, f in enumerate(fcs):
@@ -224,7 +224,7 @@ def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tup
             check_species(base_potential, a.numbers, where=f"upstream frame {k}")
         if len(frames) <= cfg.n_holdout:
             raise ValueError(f"{cfg.upstream_files}: {len(frames)} frames, need more than n_holdout={cfg.n_holdout}")
-        structures = efs_data.pad_all(efs_data.frames_to_structures(frames, cutoff))
+        structures = batching.pad_all(efs_data.frames_to_structures(frames, cutoff))
         order = rng.permutation(len(structures))
         split = len(structures) - cfg.n_holdout
         return (batching.stack([structures[k] for k in order[:split]]),
@@ -238,7 +238,7 @@ def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tup
     for r in [train[k] for k in rng.choice(len(train), cfg.n_pseudo, replace=False)] + test[:cfg.n_holdout]:
         s = from_atoms(relax_data.perturb(r.atoms, cfg.rattle, cfg.strain, rng))
         items.append((s, graph_of(s, cutoff, where=r.material_id), {}))
-    labelled = efs_data.pseudo_label(base_potential, batching.stack(efs_data.pad_all(items)))
+    labelled = efs_data.pseudo_label(base_potential, batching.stack(batching.pad_all(items)))
     n = cfg.n_pseudo + cfg.n_holdout
     return (batching.take(labelled, np.arange(cfg.n_pseudo)),
             batching.take(labelled, np.arange(cfg.n_pseudo, n)))
@@ -406,7 +406,7 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
             print("no step beat the base model on the validation materials: writing the base model", flush=True)
             state = state._replace(ema=training.init_state(base, optimizer)[0].ema)
     tuned = training.combine(state.ema, static)
-    tuned.save(workdir / "model.nqx")
+    save_potential(tuned, workdir / "model")
     return base, tuned, holdout
 
 

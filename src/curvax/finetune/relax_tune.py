@@ -3,12 +3,12 @@
 One training step, for a batch of (perturbed start z₀, DFT-relaxed target) pairs:
 
     z_T(θ) = FIRE/SD unrolled T steps from z₀ with the potential θ     (`curvax.relax.relax`)
-    L(θ)   = mean_b [w_x L_x + w_a L_a + w_V L_V (+ w_E L_E)](z_T, target)   (`curvax.relax_loss`)
+    L(θ)   = mean_b [w_x L_x + w_a L_a + w_V L_V (+ w_E L_E)](z_T, target)   (`curvax.relax.metrics`)
     θ ← optax update of ∇_θ L, by BPTT, checkpointed BPTT or implicit differentiation
-        (`grad_mode`; see `curvax.relax`); EMA of θ kept for evaluation and saving.
+        (`grad_mode` → an adjoint of `curvax.relax.adjoints`); EMA of θ kept for evaluation and saving.
 
 All pairs are padded to one shape (atoms, edges), so training, validation and test relaxations
-compile once each. The training loop is `curvax.training.fit` (atomic checkpoints, resume
+compile once each. The training loop is `curvax.finetune.training.fit` (atomic checkpoints, resume
 after a kill with an identical continuation, metrics.csv/eval.csv, tqdm progress).
 
 Evaluation (`evaluate_relaxations`, on the test split, base vs fine-tuned EMA model): mass-weighted
@@ -239,12 +239,12 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
         return update(state, static, train.take(training.batch_indices(int(train.energy.shape[0]), cfg.batch_size, step, cfg.seed)), key)
 
     val = sets.get("validation")
-    eval_fn = None
-    if val is not None and cfg.eval_every:
-        def eval_fn(state):
-            r = evaluate_relaxations(training.combine(state.ema, static), val[0], cfg)
-            return {f"val_{k}": v for k, v in r.items() if k != "per_structure"}
 
+    def validate(state):
+        r = evaluate_relaxations(training.combine(state.ema, static), val[0], cfg)
+        return {f"val_{k}": v for k, v in r.items() if k != "per_structure"}
+
+    eval_fn = validate if val is not None and cfg.eval_every else None
     state = training.fit(state, static, step_fn, cfg.steps, workdir, cfg.checkpoint_every, eval_fn=eval_fn,
                          eval_every=cfg.eval_every, seed=cfg.seed, progress=progress, max_seconds=max_seconds)
     tuned = training.combine(state.ema, static)

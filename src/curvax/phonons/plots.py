@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from curvax.io import atomic_write
 from curvax.phonons.properties import DEFAULT_MESH, total_dos
 
 
@@ -65,7 +66,7 @@ def plot_bands_dos(phonons: dict, filename, mesh=DEFAULT_MESH, npoints: int = 51
     ax_d.set_xlabel("DOS (norm.)")
     if title:
         fig.suptitle(title)
-    fig.savefig(filename, dpi=120, bbox_inches="tight")
+    atomic_write(filename, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return Path(filename)
 

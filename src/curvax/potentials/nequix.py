@@ -60,7 +60,7 @@ class NequixPotential(Potential):
         return e[:, 0].astype(r_ij.dtype)
 
     def save(self, path) -> Path:
-        """Write a `.nqx` file that `load_nequix` and `nequix.model.load_model` both read (atomic)."""
+        """Write a `.nqx` file that `curvax.load_potential` and `nequix.model.load_model` both read (atomic)."""
         from nequix.model import save_model
 
         model = cast_floats(self.model, jnp.float32)

@@ -2,7 +2,7 @@
 
     κ_αβ(t) = 1 / (V k_B T²) ∫_0^t ⟨J_α(0) J_β(t')⟩ dt'        κ(t) = (κ_xx + κ_yy + κ_zz) / 3
 
-with the extensive flux J [eV·Å/fs] (`curvax.heat_flux`; equivalently V/(k_B T²) ∫⟨j(0) j(t)⟩ with
+with the extensive flux J [eV·Å/fs] (`curvax.thermal.heat_flux`; equivalently V/(k_B T²) ∫⟨j(0) j(t)⟩ with
 the flux density j = J/V), V [Å³], T [K], t [fs]. Unit conversion:
 1 eV²Å²/fs² · fs / (Å³ · eV/K · K²) = 1 eV/(Å·fs·K) = 1.602176634e6 W/(m·K).
 

@@ -1,7 +1,7 @@
 """Jit-able molecular dynamics recording the heat flux: velocity Verlet (NVE) and Langevin (NVT).
 
 Units: positions Å, velocities Å/fs, time step fs, masses amu (from ASE), energies eV,
-heat flux eV·Å/fs (extensive, see `curvax.heat_flux`). Accelerations a = F/m · FS2 [Å/fs²]
+heat flux eV·Å/fs (extensive, see `curvax.thermal.heat_flux`). Accelerations a = F/m · FS2 [Å/fs²]
 with FS2 = (ASE time units per fs)².
 
 One step (OBABO splitting; with friction γ = 0 the O steps are skipped and this is exactly
