@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvax.batch import bucket_shape, common_shape
-from curvax.io import atomic_write
 from curvax.finetune.losses import EFSWeights, batch_efs_loss
+from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import dataset_name, load_phonopy_dataset
 from curvax.phonons.fc2 import force_constants, supercell_shape
@@ -45,7 +45,6 @@ def _model_phonopy(dft, atoms, potential, shape=None):
     (shape-bucketed HVPs, padded to `shape` (atoms, edges) where given: materials of similar
     size and all models of one architecture share compiled programs)."""
     from phonopy import Phonopy
-
 
     ph = Phonopy(atoms_to_phonopy(atoms), supercell_matrix=dft.supercell_matrix,
                  primitive_matrix=dft.primitive_matrix, symprec=dft.symmetry.tolerance, log_level=0)

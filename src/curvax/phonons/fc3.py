@@ -169,7 +169,6 @@ def finite_displacement_fc3(ph3, potential, distance: float = 0.03, is_plusminus
     Returns (fc3 compact, number of force calls). Truncation error O(distance²)."""
     import phono3py
 
-
     work = phono3py.Phono3py(ph3.unitcell, supercell_matrix=ph3.supercell_matrix,
                              primitive_matrix=ph3.primitive_matrix, log_level=0)
     work.generate_displacements(distance=distance, is_plusminus=is_plusminus)

@@ -37,21 +37,29 @@ from curvax.system import System
 
 
 @dataclasses.dataclass(frozen=True)
-class Unrolled:
-    """Backpropagation through every unrolled step (BPTT)."""
+class AbstractAdjoint:
+    """The three hooks the driver calls (module doc); the defaults are plain BPTT."""
 
     def segment(self, steps: int) -> int | None:
+        """Steps per `jax.checkpoint` segment of the unrolled scan (None: no checkpointing)."""
         return None
 
     def forward_params(self, params):
+        """The parameters the forward relaxation sees."""
         return params
 
     def attach(self, z, params, static, batch: Batch, cell: bool, cf):
+        """The end point z of the relaxation, with the gradient path this adjoint gives it."""
         return z
 
 
 @dataclasses.dataclass(frozen=True)
-class Checkpointed(Unrolled):
+class Unrolled(AbstractAdjoint):
+    """Backpropagation through every unrolled step (BPTT)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointed(AbstractAdjoint):
     """BPTT with the scan under `jax.checkpoint` in segments of `segment_length` steps
     (None: ⌈√steps⌉)."""
 
@@ -62,7 +70,7 @@ class Checkpointed(Unrolled):
 
 
 @dataclasses.dataclass(frozen=True)
-class Implicit(Unrolled):
+class Implicit(AbstractAdjoint):
     """Implicit gradient at the end point (CG on Hessian-vector products; see module doc).
     damping: λ in (H + λ) w = ∂L/∂z*, for nearly singular Hessians."""
 
@@ -82,7 +90,7 @@ class Implicit(Unrolled):
 GRAD_MODES = ("bptt", "checkpoint", "implicit")
 
 
-def from_name(grad_mode: str, segment: int | None = None, **implicit_kwargs) -> Unrolled:
+def from_name(grad_mode: str, segment: int | None = None, **implicit_kwargs) -> AbstractAdjoint:
     """The adjoint of a config's `grad_mode` ("bptt" | "checkpoint" | "implicit")."""
     if grad_mode == "bptt":
         return Unrolled()

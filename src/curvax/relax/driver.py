@@ -22,7 +22,7 @@ import numpy as np
 from curvax import batch as batching
 from curvax.batch import Batch
 from curvax.potentials.base import check_species, parameter_dtype
-from curvax.relax.adjoints import Unrolled
+from curvax.relax.adjoints import AbstractAdjoint, Unrolled
 from curvax.relax.coordinates import Coords, Evaluation, _safe_norm, deformation, evaluate, scaled_cell, structure
 from curvax.relax.optimizers import RELAXERS, unroll
 from curvax.system import System, from_atoms
@@ -74,7 +74,7 @@ def unbatch(result: RelaxResult, batch: Batch, pbc=(True, True, True)) -> list[S
 
 
 def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", steps: int = 100,
-          fmax: float = 0.05, adjoint: Unrolled = Unrolled(), cutoff: float | None = None,
+          fmax: float = 0.05, adjoint: AbstractAdjoint = Unrolled(), cutoff: float | None = None,
           skin: float = 1.0, **relaxer_kwargs) -> RelaxResult:
     """Relax every structure of `batch` (jit-able; differentiable w.r.t. the potential).
 
@@ -87,7 +87,7 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
     """
     if method not in RELAXERS:
         raise ValueError(f"unknown relaxer {method!r}; choose one of {sorted(RELAXERS)}")
-    if not isinstance(adjoint, Unrolled):
+    if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(f"adjoint must be Unrolled(), Checkpointed(...) or Implicit(...), got {adjoint!r}")
     rc = float(potential.cutoff if cutoff is None else cutoff)
     segment = adjoint.segment(steps)
@@ -200,14 +200,14 @@ def relax_volume(potential, cells: list, iterations: int = 12, ptol: float = 1e-
     dtype = parameter_dtype(potential)
     cells = list(cells)
 
-    def structure(k, s):
+    def scaled_item(k, s):
         sys_ = from_atoms(scaled_cell(cells[k], s), dtype=dtype)
         return sys_, batching.graph_of(sys_, potential.cutoff, where=f"cell {k}"), {}
 
     def n_edges(item):
         return int(np.sum(np.asarray(item[1].mask)))
 
-    bucket = [batching.bucket_shape(len(a), int(1.15 * n_edges(structure(k, 1.0)))) for k, a in enumerate(cells)]
+    bucket = [batching.bucket_shape(len(a), int(1.15 * n_edges(scaled_item(k, 1.0)))) for k, a in enumerate(cells)]
     sizes = {b: bucket.count(b) for b in bucket}
     width = {b: min(chunk, 1 << (n - 1).bit_length()) for b, n in sizes.items()}  # fixed: one program per bucket
 
@@ -219,7 +219,7 @@ def relax_volume(potential, cells: list, iterations: int = 12, ptol: float = 1e-
             w = width[shape]
             for c in range(0, len(rows), w):
                 part = rows[c:c + w]
-                items = [structure(idx[j], scales[j]) for j in part]
+                items = [scaled_item(idx[j], scales[j]) for j in part]
                 need = max(n_edges(it) for it in items)
                 pad = shape if need <= shape[1] else batching.bucket_shape(shape[0], int(1.15 * need))  # compressed past the margin
                 batch = batching.stack(batching.pad_all(items + items[:1] * (w - len(items)), *pad))
