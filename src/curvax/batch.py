@@ -14,7 +14,7 @@ import numpy as np
 
 from curvax import neighbors
 from curvax.neighbors import Graph
-from curvax.system import System
+from curvax.system import System, to_atoms
 
 
 class Structure(NamedTuple):
@@ -45,8 +45,6 @@ def graph_of(system: System, cutoff: float, where: str = "structure") -> Graph:
     if all(pbc):
         neighbors.check_system(system)
         from matscipy.neighbours import neighbour_list
-
-        from curvax.system import to_atoms
 
         i, j, d, shifts = neighbour_list("ijdS", to_atoms(system), float(cutoff))
         keep = d < cutoff
