@@ -19,6 +19,7 @@ from curvax import derivatives, neighbors
 from curvax.neighbors import Graph, NeighborSpec
 from curvax.potentials.base import check_species
 from curvax.system import System
+from curvax.validation import check_system
 
 jax.tree_util.register_static(NeighborSpec)
 
@@ -40,6 +41,7 @@ def calculator(potential, stress: bool = True, virials: bool = False,
     """Factory for the pure pair (init, calculate) of `potential`."""
 
     def init(system: System) -> NeighborState:
+        check_system(system)
         check_species(potential, system.numbers)
         spec, graph = neighbors.allocate(system, potential.cutoff, capacity_multiplier)
         return NeighborState(spec, graph)
@@ -72,8 +74,8 @@ def compute(potential, system: System, stress: bool = True, virials: bool = Fals
 
     Pass the returned `spec` back to reuse the compiled function on similar structures.
     """
+    check_system(system)
     check_species(potential, system.numbers)
-    check_positions(system)
     if spec is not None:
         check_spec(potential, spec)
     stress = stress and all(system.pbc)
@@ -97,12 +99,3 @@ def check_spec(potential, spec: NeighborSpec) -> None:
             f"neighbour list cutoff {spec.cutoff} Å (capacity {spec.capacity} edges) is smaller than "
             f"the cutoff {potential.cutoff} Å of {type(potential).__name__}: pairs would be missed; "
             f"allocate the list with the potential's cutoff")
-
-
-def check_positions(system: System) -> None:
-    """Raise ValueError naming the atoms whose positions (or the cell) are NaN/inf."""
-    bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(system.positions)), axis=1))
-    if bad.size:
-        raise ValueError(f"positions of atom(s) {bad[:10].tolist()} are NaN or inf")
-    if not np.all(np.isfinite(np.asarray(system.cell))):
-        raise ValueError("cell contains NaN or inf")

@@ -95,3 +95,17 @@ def load_config(path, cls, overrides: dict | None = None):
     if hasattr(cfg, "validate"):
         cfg.validate(path)
     return cfg
+
+
+def at_least(where, cfg, minimum, *names) -> None:
+    """ValueError naming the first of `names` whose value in `cfg` is below `minimum`."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not value >= minimum:
+            raise ValueError(f"{where}: {name} must be ≥ {minimum}, got {value!r}")
+
+
+def one_of(where, name, value, allowed) -> None:
+    """ValueError unless `value` is in `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"{where}: {name} must be one of {list(allowed)}, got {value!r}")

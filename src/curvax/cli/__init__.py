@@ -20,6 +20,7 @@ def main(argv=None) -> int:
                                    "thermal conductivity, relaxations, and fine-tuning on them.")
     parser.add_argument("--x64", action="store_true",
                         help="compute in float64 (default float32; also CURVAX_X64=1)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
@@ -29,6 +30,8 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
+        if args.debug:
+            raise
         print(f"curvax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

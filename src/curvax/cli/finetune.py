@@ -2,32 +2,36 @@
 constants with co-training, then the before/after report on held-out materials (see
 `curvax.finetune.pft` for the recipe and `curvax.finetune.evaluation` for the evaluation).
 
-Killed runs resume from `workdir/checkpoint.eqx` when started again with the same config.
+Killed runs resume from `workdir/checkpoint.eqx` when started again with the same config (more
+`steps` allowed); a changed config stops with the list of differences (--restart starts afresh).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from curvax.cli.common import add_command
 from curvax.config import load_config
 from curvax.finetune import pft
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("finetune", help="phonon fine-tuning (PFT) + before/after report",
-                              description=__doc__.splitlines()[0])
+    p = add_command(subparsers, "finetune", __doc__, "phonon fine-tuning (PFT) + before/after report", run)
     p.add_argument("config", help="YAML config (keys: see curvax.finetune.pft.FinetuneConfig)")
     p.add_argument("--workdir", default=None, help="override the config's workdir")
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
     p.add_argument("--no-eval", action="store_true", help="train only, skip the report")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop (after a checkpoint) once this much wall time is used; rerun to resume")
-    p.set_defaults(func=run)
+    p.add_argument("--restart", action="store_true",
+                   help="discard the workdir's checkpoint and metrics and start afresh")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     overrides = {"workdir": args.workdir, "steps": args.steps, "x64": True if args.x64 else None}
     cfg = load_config(args.config, pft.FinetuneConfig, overrides)
-    base, tuned, holdout = pft.run(cfg, max_seconds=args.max_seconds)
+    base, tuned, holdout = pft.run(cfg, progress=not args.no_progress, max_seconds=args.max_seconds,
+                                   restart=args.restart)
     workdir = Path(cfg.workdir)
     if not (workdir / "model.nqx").is_file():
         print(f"stopped early; rerun the same command to resume from {workdir / 'checkpoint.eqx'}")

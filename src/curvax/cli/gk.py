@@ -20,17 +20,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curvax.cli.common import add_command
 from curvax.config import load_config
 from curvax.thermal import workflow
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("gk", help="Green-Kubo thermal conductivity from MD with exact heat flux",
-                              description=__doc__.splitlines()[0])
+    p = add_command(subparsers, "gk", __doc__, "Green-Kubo thermal conductivity from MD with exact heat flux", run)
     p.add_argument("config", help="YAML config (see configs/gk-example.yaml)")
     p.add_argument("--output", default=None, help="override the config's output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -2,11 +2,12 @@
 constants (see `curvax.phonons.fc2`), optionally after relaxation and compared with DFT.
 
 STRUCTURE is a unit cell in any ASE-readable format or a phonopy yaml (its unit cell, supercell
-and primitive matrices are used). With --compare-dft (a DFT set: directory, phonopy_disp.yaml
-[FORCE_SETS], params yaml or POSCAR_<sg>) the DFT supercell and primitive matrices are used
-for the model too (MDR benchmark protocol). Writes to --out: phonopy_model.yaml (with force
-constants), properties.txt and properties.json (max frequency, F, S, Cv at T; model − DFT
-errors), bands_dos.png (model vs DFT overlaid).
+and primitive matrices are used); it is validated before the model is loaded. With
+--compare-dft (a DFT set: directory, phonopy_disp.yaml [FORCE_SETS], params yaml or
+POSCAR_<sg>) the DFT supercell and primitive matrices are used for the model too (MDR
+benchmark protocol), so --supercell cannot be given with it. Writes to --out:
+phonopy_model.yaml (with force constants), properties.txt and properties.json (max frequency,
+F, S, Cv at T; model − DFT errors), bands_dos.png (model vs DFT overlaid).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from curvax import precision
+from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames
 from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import load_phonopy_dataset
@@ -25,37 +27,51 @@ from curvax.phonons.plots import plot_bands_dos
 from curvax.phonons.properties import DEFAULT_MESH, compare, phonon_properties, write_properties
 from curvax.potentials import check_species, load_potential
 from curvax.relax.ase import relax_atoms
+from curvax.validation import check_writable, positive_float, positive_int
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("phonons", help="harmonic phonons with AD force constants",
-                              description=__doc__.splitlines()[0])
+    p = add_command(subparsers, "phonons", __doc__, "harmonic phonons with AD force constants", run)
     p.add_argument("structure", help="unit cell (ASE-readable) or phonopy yaml")
-    p.add_argument("--model", required=True, help="model spec: Nequix .nqx path or name, lj:..., morse:...")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--supercell", type=int, nargs="+", default=None, metavar="N",
-                   help="3 or 9 integers (default: from the DFT set / phonopy yaml, else 2 2 2)")
-    p.add_argument("--primitive", default=None, help="primitive matrix: auto|P|F|I|... (default auto)")
-    p.add_argument("--relax", action="store_true", help="relax positions and cell first (FIRE)")
-    p.add_argument("--fmax", type=float, default=1e-3, help="relaxation threshold [eV/Å]")
+                   help="3 or 9 integers (default: from the phonopy yaml, else 2 2 2)")
+    p.add_argument("--primitive", default=None, help="primitive matrix: auto|P|F|I|... (default: auto)")
+    p.add_argument("--relax", action="store_true", help="relax positions and cell first (ASE FIRE)")
+    p.add_argument("--fmax", type=positive_float, default=1e-3, help="relaxation threshold [eV/Å]")
     p.add_argument("--compare-dft", nargs="+", default=None, metavar="PATH",
                    help="DFT set: DIR | phonopy_disp.yaml [FORCE_SETS] | params yaml | POSCAR_<sg>")
-    p.add_argument("--mesh", type=float, nargs="+", default=None,
-                   help="q mesh: a length [Å] or 3 integers (default 50 Å)")
-    p.add_argument("--temperature", type=float, default=300.0, help="T for F, S, Cv [K]")
-    p.add_argument("--chunk", type=int, default=16, help="HVPs evaluated together")
+    p.add_argument("--mesh", type=positive_float, nargs="+", default=None,
+                   help=f"q mesh: a length [Å] or 3 positive integers (default: {DEFAULT_MESH} Å)")
+    p.add_argument("--temperature", type=positive_float, default=300.0, help="T for F, S, Cv [K]")
+    p.add_argument("--chunk", type=positive_int, default=16, help="HVPs evaluated together (memory ∝ chunk)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default="phonons_out", help="output directory")
-    p.set_defaults(func=run)
 
 
-def _supercell_matrix(values):
+def supercell_matrix(values, option="--supercell"):
+    """3 or 9 integers → a 3×3 integer matrix with a positive determinant."""
     if values is None:
         return None
-    if len(values) == 3:
-        return np.diag(values)
-    if len(values) == 9:
-        return np.asarray(values, dtype=int).reshape(3, 3)
-    raise ValueError(f"--supercell takes 3 or 9 integers, got {len(values)}")
+    if len(values) not in (3, 9):
+        raise ValueError(f"{option} takes 3 or 9 integers, got {len(values)}")
+    m = np.diag(values) if len(values) == 3 else np.asarray(values, dtype=int).reshape(3, 3)
+    if round(np.linalg.det(m)) <= 0:
+        raise ValueError(f"{option} {' '.join(map(str, values))}: the matrix must have a positive "
+                         f"determinant (e.g. 2 2 2)")
+    return m
+
+
+def mesh_argument(values):
+    """--mesh: one length [Å] or three positive integers (phonopy's sampling mesh)."""
+    if values is None:
+        return DEFAULT_MESH
+    if len(values) == 1:
+        return float(values[0])
+    if len(values) == 3 and all(float(v).is_integer() for v in values):
+        return [int(v) for v in values]
+    raise ValueError(f"--mesh takes a length [Å] or 3 positive integers, got {values}")
 
 
 def _load_dft(paths):
@@ -67,43 +83,43 @@ def _load_dft(paths):
 
 
 def _read_structure(path: Path):
-    """(ase.Atoms unit cell, supercell matrix or None, primitive matrix or None)."""
+    """(ase.Atoms unit cell, supercell matrix or None, primitive matrix or None), validated."""
     if not path.exists():
         raise FileNotFoundError(f"structure file not found: {path}")
-    name = path.name
-    if name.endswith((".yaml", ".yaml.xz")) and "phonopy" in name:
+    if path.name.endswith((".yaml", ".yaml.xz")) and "phonopy" in path.name:
         import phonopy
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ph = phonopy.load(str(path), produce_fc=False, log_level=0)
-        return phonopy_to_atoms(ph.unitcell), ph.supercell_matrix, ph.primitive_matrix
-    import ase.io
-
-    try:
-        atoms = ase.io.read(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: cannot read structure ({type(e).__name__}: {e})") from e
-    if not atoms.pbc.all():
-        raise ValueError(f"{path}: phonons need a periodic crystal (pbc = {atoms.pbc.tolist()})")
-    return atoms, None, None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ph = phonopy.load(str(path), produce_fc=False, log_level=0)
+        except Exception as e:  # noqa: BLE001  (phonopy raises yaml, key and attribute errors)
+            raise ValueError(f"{path}: not a readable phonopy yaml ({type(e).__name__}: {e})") from None
+        atoms = phonopy_to_atoms(ph.unitcell)
+        check_atoms(atoms, str(path))
+        return atoms, ph.supercell_matrix, ph.primitive_matrix
+    return read_frames(path)[0], None, None
 
 
 def run(args) -> int:
     from phonopy import Phonopy
+    from tqdm.auto import tqdm
 
-    out = Path(args.out)
+    out = check_writable(args.out, "output folder --out")
+    if args.supercell is not None and args.compare_dft:
+        raise ValueError("--supercell conflicts with --compare-dft: the model is compared on the DFT set's "
+                         "supercell; drop --supercell")
+    mesh = mesh_argument(args.mesh)
     atoms, smat, pmat = _read_structure(Path(args.structure))
     dft = _load_dft(args.compare_dft) if args.compare_dft else None
     if dft is not None:
         smat, pmat = dft.supercell_matrix, dft.primitive_matrix
     if args.supercell is not None:
-        smat = _supercell_matrix(args.supercell)
+        smat = supercell_matrix(args.supercell)
     if smat is None:
         smat = np.diag([2, 2, 2])
     if args.primitive is not None:
         pmat = args.primitive
-    mesh = DEFAULT_MESH if args.mesh is None else (args.mesh[0] if len(args.mesh) == 1 else [int(m) for m in args.mesh])
 
     pot = load_potential(args.model, precision.dtype_for(args.x64))
     check_species(pot, atoms.numbers, where=str(args.structure))
@@ -116,10 +132,13 @@ def run(args) -> int:
         phonon = Phonopy(atoms_to_phonopy(atoms), supercell_matrix=smat,
                          primitive_matrix="auto" if pmat is None else pmat, log_level=0)
     t1 = time.perf_counter()
-    res = force_constants(phonon, pot, chunk=args.chunk)
+    with tqdm(desc="FC2 HVPs", unit="HVP", disable=args.no_progress) as bar:
+        try:
+            res = force_constants(phonon, pot, chunk=args.chunk, progress=bar)
+        except ValueError as e:  # non-finite force constants
+            raise ValueError(f"{args.structure}: {e}") from None
     print(f"FC2 by AD: {res.n_atoms}-atom supercell, {res.n_hvp} HVPs, {time.perf_counter() - t1:.1f} s")
 
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "phonopy_model.yaml", lambda tmp: phonon.save(tmp, settings={"force_constants": True}))
     props = {"model": phonon_properties(phonon, args.temperature, mesh)}
     errors = None
@@ -130,8 +149,8 @@ def run(args) -> int:
     print((out / "properties.txt").read_text(), end="")
     if not args.no_plot:
         phonons = {"model": phonon} if dft is None else {"DFT": dft, "model": phonon}
-        plot_bands_dos(phonons, out / "bands_dos.png", mesh=mesh, title=Path(args.structure).name)
+        title = f"{atoms.get_chemical_formula(mode='reduce')}: {Path(str(args.model)).name}"
+        plot_bands_dos(phonons, out / "bands_dos.png", mesh=mesh, title=title)
     print(f"wrote {out}/phonopy_model.yaml, properties.txt, properties.json"
           + ("" if args.no_plot else ", bands_dos.png"))
     return 0
-

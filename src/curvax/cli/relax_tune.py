@@ -1,31 +1,34 @@
 """`curvax relax-tune CONFIG.yaml`: fine-tune a potential so that its own relaxations end in the
 DFT-relaxed structures (backpropagation through the relaxation; see `curvax.finetune.relax_tune`).
 
-Resumes from `workdir/checkpoint.eqx` when run again (after a kill or with more `steps`).
+Resumes from `workdir/checkpoint.eqx` when run again (after a kill or with more `steps`); a
+changed config stops with the list of differences (--restart starts afresh).
 Writes metrics.csv, eval.csv, evaluation.json (test-set displacement / volume errors and steps
 before/after, forgetting check) and the fine-tuned EMA model in `workdir`.
 """
 from __future__ import annotations
 
+from curvax.cli.common import add_command
 from curvax.config import load_config
 from curvax.finetune import relax_tune
 
 
 def add_parser(subparsers):
-    p = subparsers.add_parser("relax-tune", help="fine-tune a potential on DFT relaxations (BPTT/implicit)",
-                              description=__doc__.splitlines()[0])
+    p = add_command(subparsers, "relax-tune", __doc__, "fine-tune a potential on DFT relaxations (BPTT/implicit)",
+                    run)
     p.add_argument("config", help="YAML config (keys: curvax.finetune.relax_tune.RelaxTuneConfig)")
     p.add_argument("--workdir", default=None, help="override the config's workdir")
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop (after a checkpoint) when this much time has passed; rerun to resume")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    p.add_argument("--restart", action="store_true",
+                   help="discard the workdir's checkpoint and metrics and start afresh")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     overrides = {"workdir": args.workdir, "steps": args.steps, "x64": True if args.x64 else None}
     cfg = load_config(args.config, relax_tune.RelaxTuneConfig, overrides)
-    result = relax_tune.run(cfg, progress=not args.no_progress, max_seconds=args.max_seconds)
+    result = relax_tune.run(cfg, progress=not args.no_progress, max_seconds=args.max_seconds, restart=args.restart)
     print(relax_tune.summary(result))
     return 0

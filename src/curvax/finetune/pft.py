@@ -46,7 +46,7 @@ from ase.formula import Formula
 from curvax import batch as batching
 from curvax import precision
 from curvax.batch import Batch, graph_of
-from curvax.config import path_field
+from curvax.config import at_least, one_of, path_field
 from curvax.finetune import efs_data, training
 from curvax.finetune import evaluation as pft_eval
 from curvax.finetune.losses import EFSWeights, batch_efs_loss, batch_phonon_loss
@@ -120,6 +120,29 @@ class FinetuneConfig:
         if self.phonon_geometry not in PHONON_GEOMETRIES:
             raise ValueError(f"{where}: phonon_geometry must be one of {PHONON_GEOMETRIES}, "
                              f"got {self.phonon_geometry!r}")
+        at_least(where, self, 1, "steps", "phonon_batch_size", "upstream_batch_size", "n_probes", "checkpoint_every",
+                 "max_phonon_atoms", "phonondb_max_atoms", "n_pseudo", "max_pseudo_atoms")
+        at_least(where, self, 0, "upstream_steps_per_phonon_step", "eval_every", "n_holdout", "n_relax_eval",
+                 "n_phonondb_test", "n_phonondb_validation", "n_phonondb_train", "eval_relax_max_atoms",
+                 "phonondb_eval_max_displacements", "rattle", "strain", "w_hessian", "seed")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"{where}: ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not self.eval_temperature > 0 or not self.max_force_drift > 0:
+            raise ValueError(f"{where}: eval_temperature [K] and max_force_drift [eV/Å] must be positive")
+        mesh = list(self.eval_mesh)
+        if len(mesh) != 3 or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in mesh):
+            raise ValueError(f"{where}: eval_mesh must be three positive integers, got {self.eval_mesh!r}")
+        for key in ("w_phonon_efs", "w_upstream_efs"):
+            w = list(getattr(self, key))
+            if len(w) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in w):
+                raise ValueError(f"{where}: {key} must be three weights ≥ 0 (energy, forces, stress), got {w!r}")
+        one_of(where, "hessian_sampling", self.hessian_sampling, ("unit", "random"))
+        one_of(where, "loss", self.loss, ("mae", "mse"))
+        for protocol in self.eval_protocols:
+            one_of(where, "eval_protocols entry", protocol, ("unrelaxed", "relaxed"))
+        lr = (self.optimizer or {}).get("learning_rate", 1.0)
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+            raise ValueError(f"{where}: optimizer learning_rate must be a positive number, got {lr!r}")
 
 
 def expand_datasets(paths) -> list[Path]:
@@ -344,14 +367,15 @@ class PhononValidation:
         return {**{f"val_{k}": v for k, v in mae.items()}, "val_score": float(np.mean(ratios))}
 
 
-def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = None):
+def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = None, restart: bool = False):
     """Fine-tune; returns (base potential, fine-tuned EMA potential, held-out upstream Batch).
-    Resumes from `workdir/checkpoint.eqx`; writes `workdir/model.nqx` when all steps are done
-    (the best-validation EMA weights with `select_best` and validation materials)."""
+    Resumes from `workdir/checkpoint.eqx` if the settings are unchanged (`training.prepare_workdir`;
+    `restart` starts afresh); writes `workdir/model.nqx` when all steps are done (the
+    best-validation EMA weights with `select_best` and validation materials)."""
+    record = {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model)}
+    workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
     base = load_potential(cfg.model, precision.dtype_for(cfg.x64))
     split = data_split(cfg, base.elements)
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     atomic_write(workdir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
     cutoff = base.cutoff

@@ -37,7 +37,7 @@ import yaml
 from curvax import batch as batching
 from curvax import precision
 from curvax.batch import Batch
-from curvax.config import path_field
+from curvax.config import at_least, path_field
 from curvax.finetune import training
 from curvax.io import atomic_write
 from curvax.potentials import check_species, load_potential, save_potential
@@ -90,9 +90,16 @@ class RelaxTuneConfig:
         unknown = set(self.weights) - set(LossWeights._fields)
         if unknown:
             raise ValueError(f"{where}: unknown loss weights {sorted(unknown)}; known: {list(LossWeights._fields)}")
-        for k in ("steps", "batch_size", "relax_steps", "eval_relax_steps"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"{where}: {k} must be ≥ 1")
+        at_least(where, self, 1, "steps", "batch_size", "relax_steps", "eval_relax_steps", "max_atoms",
+                 "n_perturbations", "checkpoint_every", "segment", "limit", "max_train", "max_eval")
+        at_least(where, self, 0, "rattle", "strain", "skin", "eval_every", "seed")
+        if not self.fmax > 0 or (self.eval_fmax is not None and not self.eval_fmax > 0):
+            raise ValueError(f"{where}: fmax and eval_fmax must be positive [eV/Å]")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"{where}: ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        split = list(self.split)
+        if len(split) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in split) or sum(split) <= 0:
+            raise ValueError(f"{where}: split must be three fractions ≥ 0 (train, validation, test), got {split!r}")
 
     @property
     def adjoint(self):
@@ -215,11 +222,14 @@ def forgetting(base, tuned, pairs: PairSet) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
-def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None = None) -> dict:
-    """Fine-tune (resuming from workdir) and evaluate; returns the evaluation dict."""
+def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None = None,
+        restart: bool = False) -> dict:
+    """Fine-tune (resuming from workdir if the settings are unchanged, `training.prepare_workdir`;
+    `restart` starts afresh) and evaluate; returns the evaluation dict."""
+    record = {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model),
+              "data_sha256": training.file_fingerprint(cfg.data)}
+    workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
     dtype = precision.dtype_for(cfg.x64)
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     atomic_write(workdir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     base = load_potential(cfg.model, dtype)
     splits = load_splits(cfg, base)
@@ -246,7 +256,8 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
 
     eval_fn = validate if val is not None and cfg.eval_every else None
     state = training.fit(state, static, step_fn, cfg.steps, workdir, cfg.checkpoint_every, eval_fn=eval_fn,
-                         eval_every=cfg.eval_every, seed=cfg.seed, progress=progress, max_seconds=max_seconds)
+                         eval_every=cfg.eval_every, seed=cfg.seed, progress=progress, max_seconds=max_seconds,
+                         desc="relax-tune")
     tuned = training.combine(state.ema, static)
     result = {"steps": int(state.step)}
     if int(state.step) < cfg.steps:

@@ -181,31 +181,32 @@ def read_metrics(path) -> list[dict]:
 
 def fit(state: TrainState, static, step_fn: Callable, n_steps: int, workdir,
         checkpoint_every: int = 10, eval_fn: Callable | None = None, eval_every: int = 0,
-        seed: int = 0, progress: bool = True, max_seconds: float | None = None):
+        seed: int = 0, progress: bool = True, max_seconds: float | None = None, desc: str = "fine-tune"):
     """Run `step_fn(state, static, step, key) -> (state, metrics)` until `n_steps`, resuming.
 
     workdir/checkpoint.eqx   last checkpoint (atomic), resumed from if present
     workdir/metrics.csv      one row per step
     workdir/eval.csv         one row per evaluation, `eval_fn(state) -> dict`, every `eval_every` steps
     Returns the final state. `max_seconds` stops early (after a checkpoint) for time-boxed runs.
+    The metrics' `time_s` is the run's wall time summed over resumes (stored in the checkpoint).
     """
     from tqdm.auto import tqdm
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = workdir / "checkpoint.eqx"
-    start = 0  # fit steps done; may differ from state.step (optimizer updates) when a step
-    if ckpt.exists():  # makes several updates, as PFT's phonon + k upstream updates
+    start, t_before = 0, 0.0  # fit steps done; may differ from state.step (optimizer updates) when a
+    if ckpt.exists():  # step makes several updates, as PFT's phonon + k upstream updates
         state, meta = load_checkpoint(ckpt, state)
-        start = int(meta.get("step", state.step))
+        start, t_before = int(meta.get("step", state.step)), float(meta.get("time_s", 0.0))
     log = MetricsLog(workdir / "metrics.csv", resume_step=start)
     eval_log = MetricsLog(workdir / "eval.csv", resume_step=start)
     base_key = jax.random.PRNGKey(seed)
     t0 = time.time()
-    bar = tqdm(total=n_steps, initial=start, disable=not progress, desc="fine-tune", unit="step")
+    bar = tqdm(total=n_steps, initial=start, disable=not progress, desc=desc, unit="step")
     for step in range(start, n_steps):
         state, metrics = step_fn(state, static, step, jax.random.fold_in(base_key, step))
-        row = {"step": step + 1, "time_s": round(time.time() - t0, 3)}
+        row = {"step": step + 1, "time_s": round(t_before + time.time() - t0, 3)}
         row.update({k: float(v) for k, v in metrics.items()})
         log.write(row)
         bar.update(1)
@@ -215,8 +216,53 @@ def fit(state: TrainState, static, step_fn: Callable, n_steps: int, workdir,
             eval_log.write({"step": step + 1, **{k: float(v) for k, v in eval_fn(state).items()}})
         out_of_time = max_seconds is not None and time.time() - t0 > max_seconds
         if (step + 1) % checkpoint_every == 0 or last or out_of_time:
-            save_checkpoint(ckpt, state, {"step": step + 1})
+            save_checkpoint(ckpt, state, {"step": step + 1, "time_s": t_before + time.time() - t0})
         if out_of_time:
             break
     bar.close()
     return state
+
+
+RUN_FILES = ("checkpoint.eqx", "best.eqx", "metrics.csv", "eval.csv")
+
+
+def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
+                    may_change: tuple = ("steps", "workdir")) -> Path:
+    """Make `workdir` ready for a resumable run of the settings `record` (a JSON-able dict).
+
+    A workdir with a checkpoint resumes only under the same settings: `record` is compared
+    with the `run.json` written when the run started, and any difference (other than
+    `may_change`, e.g. more `steps`) stops with a list of them. A checkpoint already past
+    `steps` stops too. `restart` deletes the previous run's checkpoints and metrics instead.
+    Checks that the folder is writable before any work. Returns the folder."""
+    from curvax.validation import check_writable
+
+    workdir = check_writable(workdir, "workdir")
+    record = json.loads(json.dumps(record, sort_keys=True, default=str))  # as stored: lists, strings
+    stored = workdir / "run.json"
+    if restart:
+        for name in RUN_FILES + ("run.json",):
+            (workdir / name).unlink(missing_ok=True)
+    done = checkpoint_step(workdir / "checkpoint.eqx")
+    if done and stored.is_file():
+        old = json.loads(stored.read_text())
+        keys = sorted((set(old) | set(record)) - set(may_change))
+        diff = [f"{k}: {old.get(k)!r} → {record.get(k)!r}" for k in keys if old.get(k) != record.get(k)]
+        if diff:
+            raise ValueError(f"{workdir} holds a run (step {done}) with different settings: " + "; ".join(diff)
+                             + ". Rerun with --restart to start afresh, or choose another workdir")
+    if done > steps:
+        raise ValueError(f"{workdir}: the checkpoint is at step {done}, past steps = {steps}; ask for at "
+                         f"least {done} steps, or --restart")
+    atomic_write(stored, json.dumps(record, indent=1, sort_keys=True, default=str))
+    return workdir
+
+
+def file_fingerprint(path) -> str | None:
+    """sha256 (16 hex digits) of a file, or None if `path` is not a file (a registered name, a spec)."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -36,6 +36,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from curvax.phonons.convert import phonopy_to_atoms
+from curvax.system import from_atoms
+from curvax.validation import check_system
+
 __all__ = ["load_phonopy_dataset", "list_datasets", "infer_supercell_matrix", "dataset_name",
            "phonondb_entries", "PhonondbEntry"]
 
@@ -99,7 +103,14 @@ def load_phonopy_dataset(path, symmetrize_fc: bool = True, is_nac: bool = True, 
     with warnings.catch_warnings():
         # phonopy ≥ 4 warns that primitive_matrix='auto' is its new default: intended here.
         warnings.filterwarnings("ignore", message=".*primitive_matrix defaulted.*")
-        return _load(Path(path), symmetrize_fc, is_nac, log_level, force_sets)
+        try:
+            ph = _load(Path(path), symmetrize_fc, is_nac, log_level, force_sets)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as e:  # noqa: BLE001  (yaml, key, attribute, recursion errors of malformed files)
+            raise ValueError(f"{path}: not a readable phonon data set ({type(e).__name__}: {e})") from None
+    check_system(from_atoms(phonopy_to_atoms(ph.unitcell)), f"{path} (unit cell)")
+    return ph
 
 
 def _load(p: Path, symmetrize_fc: bool, is_nac: bool, log_level: int, force_sets=None):

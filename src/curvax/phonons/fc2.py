@@ -67,7 +67,20 @@ def supercell_shape(phonon, cutoff: float) -> tuple[int, int]:
     return system.positions.shape[0], int(np.sum(np.asarray(graph_of(system, cutoff).mask)))
 
 
-def _bucketed_columns(potential, system, graph, vs, chunk, shape=None):
+def _chunked_columns(potential, system, graph, vs, chunk, progress):
+    """H·v of `vs` (K, N, 3), min(chunk, K) probes per compiled call, `progress.update` after each."""
+    k = len(vs)
+    width = min(chunk, k)
+    out = []
+    for c in range(0, k, width):
+        part = np.zeros((width,) + vs.shape[1:], vs.dtype)
+        part[:len(vs[c:c + width])] = vs[c:c + width]
+        out.append(np.asarray(_columns(potential, system, graph, jnp.asarray(part), width))[:min(width, k - c)])
+        progress.update(min(width, k - c))
+    return np.concatenate(out)
+
+
+def _bucketed_columns(potential, system, graph, vs, chunk, shape=None, progress=None):
     """H·v of `vs` (K, N, 3) on the structure padded to `shape` (atoms, edges; default, or when
     the structure does not fit: `bucket_shape`), `chunk` probes per compiled call."""
     n, k = vs.shape[1], vs.shape[0]
@@ -79,8 +92,11 @@ def _bucketed_columns(potential, system, graph, vs, chunk, shape=None):
     sys_p = padded.system._replace(positions=jnp.asarray(padded.system.positions))
     vs_p = np.zeros((int(np.ceil(k / chunk)) * chunk, n_pad, 3), dtype=np.asarray(vs).dtype)
     vs_p[:k, :n] = vs
-    out = [np.asarray(_columns(potential, sys_p, padded.graph, jnp.asarray(vs_p[c:c + chunk]), chunk))
-           for c in range(0, len(vs_p), chunk)]
+    out = []
+    for c in range(0, len(vs_p), chunk):
+        out.append(np.asarray(_columns(potential, sys_p, padded.graph, jnp.asarray(vs_p[c:c + chunk]), chunk)))
+        if progress is not None:
+            progress.update(max(0, min(chunk, k - c)))
     return np.concatenate(out)[:k, :n]
 
 
@@ -94,7 +110,7 @@ def _fresh_phonopy(phonon):
 
 
 def force_constants(phonon, potential, compact: bool = False, symmetrize: bool = True,
-                    chunk: int = 16, dtype=None, assign: bool = True, bucket=False) -> FC2Result:
+                    chunk: int = 16, dtype=None, assign: bool = True, bucket=False, progress=None) -> FC2Result:
     """FC2 of `phonon.supercell` under `potential` from HVPs on phonopy's minimal displacements.
 
     phonon: a `phonopy.Phonopy` (its unit cell, supercell and primitive matrices and symmetry
@@ -104,6 +120,7 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     potential's). assign: also set `phonon.force_constants`. bucket: True pads to `bucket_shape`, an
     (atoms, edges) pair (e.g. `common_shape` of a set of materials) pads to that shape; either
     way `chunk` HVPs are evaluated per compiled call (compile once for many materials and models).
+    progress: a tqdm-like bar (`total`, `update(n)`) advanced per chunk of HVPs.
     Returns `FC2Result(force_constants [eV/Å²], n_hvp, n_atoms)`.
     """
     work = _fresh_phonopy(phonon)
@@ -116,10 +133,16 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     for k, d in enumerate(disps):
         vs[k, int(d[0])] = d[1:4]
     vs = vs.astype(np.asarray(system.positions).dtype)
-    if bucket is False or bucket is None:
-        hv = _columns(potential, system, graph, jnp.asarray(vs), chunk)
+    if progress is not None:
+        progress.total = len(vs)
+        progress.refresh()
+    if bucket is not False and bucket is not None:
+        hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket),
+                               progress)
+    elif progress is not None:
+        hv = _chunked_columns(potential, system, graph, vs, chunk, progress)
     else:
-        hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket))
+        hv = _columns(potential, system, graph, jnp.asarray(vs), chunk)
     work.forces = -np.asarray(hv, dtype=np.float64)
     work.produce_force_constants(calculate_full_force_constants=not compact, show_drift=False)
     if symmetrize:

@@ -92,12 +92,34 @@ def _dataset_pairs(dataset, n_atoms):
     return rows
 
 
+def _products(potential, system, graph, u1s, u2s, chunk, progress):
+    """`third_order_products` of all rows; with `progress` (tqdm-like), `chunk` rows per call
+    (the last one padded, so one compiled program) and the bar advanced after each."""
+    if progress is None:
+        return third_order_products(potential, system, graph, u1s, u2s, chunk)
+    k = u1s.shape[0]
+    width = min(chunk, k)
+    progress.total = k
+    progress.refresh()
+    hu, t = [], []
+    for c in range(0, k, width):
+        n = min(width, k - c)
+        pad = [(0, width - n)] + [(0, 0)] * (u1s.ndim - 1)
+        a, b = third_order_products(potential, system, graph, jnp.pad(u1s[c:c + n], pad),
+                                    jnp.pad(u2s[c:c + n], pad), width)
+        hu.append(np.asarray(a)[:n])
+        t.append(np.asarray(b)[:n])
+        progress.update(n)
+    return np.concatenate(hu), np.concatenate(t)
+
+
 def compute_fc3(ph3, potential, chunk: int = 4, is_compact_fc: bool = True,
-                symmetrize: bool = True, assign: bool = True) -> FC3Result:
+                symmetrize: bool = True, assign: bool = True, progress=None) -> FC3Result:
     """Exact FC3 (and FC2) of `potential` for a `phono3py.Phono3py` object.
 
     Uses `ph3.dataset` (type 1: first/second displacements); if it has none, generates
-    phono3py's default one. Sets `ph3.fc3`, `ph3.fc2` when `assign`.
+    phono3py's default one. Sets `ph3.fc3`, `ph3.fc2` when `assign`. progress: a tqdm-like bar
+    advanced per chunk of third-order products (one per displaced supercell).
     """
     if ph3.dataset is None or "first_atoms" not in ph3.dataset:
         ph3.generate_displacements()
@@ -110,9 +132,8 @@ def compute_fc3(ph3, potential, chunk: int = 4, is_compact_fc: bool = True,
     u2s = jnp.asarray(np.array([r[2] for r in rows]), dt)
     # H u1 for the first displacements: (u1 := 0, u2 := u1)
     nf = len(ph3.dataset["first_atoms"])
-    hu, t = third_order_products(potential, system, graph,
-                                 jnp.concatenate([jnp.zeros_like(u1s[:nf]), u1s]),
-                                 jnp.concatenate([u1s[:nf], u2s]), chunk)
+    hu, t = _products(potential, system, graph, jnp.concatenate([jnp.zeros_like(u1s[:nf]), u1s]),
+                      jnp.concatenate([u1s[:nf], u2s]), chunk, progress)
     hu, t = np.asarray(hu, np.float64), np.asarray(t, np.float64)
     hu1, hu2, t = hu[:nf], hu[nf:], t[nf:]
     first_index = {}

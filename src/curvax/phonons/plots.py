@@ -4,6 +4,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from curvax.io import atomic_write
 from curvax.phonons.properties import DEFAULT_MESH, total_dos
 
@@ -50,7 +52,10 @@ def plot_bands_dos(phonons: dict, filename, mesh=DEFAULT_MESH, npoints: int = 51
             if k == 0:
                 lines[0].set_label(label)  # one legend entry per data set
         fp, g = total_dos(ph, mesh)
-        ax_d.plot(g / g.max(), fp, color=c, lw=1)
+        # the DOS grid starts below the lowest mode; drawn there it would read like imaginary modes
+        lowest = min(0.0, float(np.min(ph.mesh.frequencies)))
+        keep = fp >= lowest
+        ax_d.plot(g[keep] / g.max(), fp[keep], color=c, lw=1)
     # ticks at segment ends
     ticks = [dist[0][0]] + [d[-1] for d in dist]
     ax_b.set_xticks(ticks)

@@ -46,6 +46,8 @@ def phonon_properties(phonon, temperature=300.0, mesh=DEFAULT_MESH, with_dos: bo
     temps = np.atleast_1d(np.asarray(temperature, dtype=float))
     phonon.run_mesh(mesh, with_eigenvectors=False, is_mesh_symmetry=True, is_gamma_center=True)
     freqs = np.asarray(phonon.mesh.frequencies)
+    if not np.all(np.isfinite(freqs)):
+        raise ValueError("non-finite phonon frequencies (NaN/inf force constants)")
     weights = np.asarray(phonon.mesh.weights)
     # Γ acoustic modes (ν = 0 up to round-off) excluded: they would add k_B T ln(hν/k_B T) terms
     phonon.run_thermal_properties(temperatures=temps, exclude_gamma_acoustic=True)

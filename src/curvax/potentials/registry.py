@@ -66,7 +66,14 @@ def _analytic(spec: str):
             kwargs[key] = _parse_bool(value) if params[key] is bool else float(value)
         except ValueError as e:
             raise ValueError(f"model {spec!r}: parameter {key}: {e}") from None
-    return cls(**kwargs)
+    bad = [k for k, v in kwargs.items() if params[k] is float and not (np.isfinite(v) and v > 0)]
+    if bad:
+        raise ValueError(f"model {spec!r}: {', '.join(bad)} must be positive (Å, eV)")
+    pot = cls(**kwargs)
+    if not 0 < pot.r_inner < pot.cutoff:
+        raise ValueError(f"model {spec!r}: the smoothing must start inside the cutoff "
+                         f"(0 < r_inner = {pot.r_inner:g} Å < cutoff = {pot.cutoff:g} Å)")
+    return pot
 
 
 def resolve_model_path(name_or_path: str, download: bool = False) -> Path:

@@ -149,17 +149,24 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
     padded to the largest structure and edges to a shared, growing capacity, so that structures
     of different sizes reuse one compiled relaxation); a chunk after which
     `graph_ok` fails is re-run at half the length. Stops at `fmax` or after `steps`.
-    FIRE's velocities restart at each chunk (as after an ASE restart).
+    FIRE's velocities restart at each chunk (as after an ASE restart). A structure whose
+    energy or forces turn NaN/inf stops there, is not converged, and its "error" says so; the
+    others go on. `progress(n)`, if given, is called with the number of steps of the budget
+    (len(systems) × steps) used since its last call.
     Returns (relaxed systems, info with per-structure arrays "energy", "fmax", "n_steps",
-    "converged").
+    "converged", "error" ("" when none)).
     """
-    out, info = [], {"energy": [], "fmax": [], "n_steps": [], "converged": []}
+    if int(chunk) < 1 or int(steps) < 1:
+        raise ValueError(f"relax_systems: steps and chunk must be ≥ 1 (got {steps}, {chunk})")
+    if not skin >= 0:
+        raise ValueError(f"relax_systems: skin must be ≥ 0 Å (got {skin})")
+    out, info = [], {"energy": [], "fmax": [], "n_steps": [], "converged": [], "error": []}
     n_pad = max(s.n_atoms for s in systems)
     cap = max(int(np.ceil(1.2 * int(np.sum(np.asarray(batching.graph_of(
         s, potential.cutoff + skin, where=f"structure {k}").mask))))) + 1 for k, s in enumerate(systems))
     for k, s in enumerate(systems):
         check_species(potential, s.numbers, where=f"structure {k}")
-        done, cur, fm, e, n_chunk = 0, s, np.inf, np.nan, chunk
+        done, cur, fm, e, n_chunk, error = 0, s, np.inf, np.nan, chunk, ""
         while done < steps:
             n = min(n_chunk, steps - done)
             graph = batching.graph_of(cur, potential.cutoff + skin, where=f"structure {k}")
@@ -170,18 +177,24 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
             if not bool(res.graph_ok[0]) and n > 1:
                 n_chunk = max(1, n // 2)
                 continue
-            cur = unbatch(res, batch, s.pbc)[0]
             done += int(res.n_steps[0])
             fm, e = float(res.fmax[0]), float(res.energy[0])
+            if progress is not None:
+                progress(int(res.n_steps[0]))
+            if not (np.isfinite(fm) and np.isfinite(e)):
+                error = f"energy or forces became NaN/inf within {done} steps"
+                break
+            cur = unbatch(res, batch, s.pbc)[0]
             if bool(res.converged[0]):
                 break
+        if progress is not None:
+            progress(steps - done)
         out.append(cur)
         info["energy"].append(e)
         info["fmax"].append(fm)
         info["n_steps"].append(done)
-        info["converged"].append(fm < fmax)
-        if progress is not None:
-            progress(k, info)
+        info["converged"].append(not error and fm < fmax)
+        info["error"].append(error)
     return out, {k: np.asarray(v) for k, v in info.items()}
 
 

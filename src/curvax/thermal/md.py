@@ -47,6 +47,10 @@ from curvax.thermal.heat_flux import FS2, heat_flux, kinetic_energies
 KB = units.kB  # eV/K
 
 
+class DivergedError(ValueError):
+    """The dynamics produced NaN/inf (time step too large, overlapping atoms)."""
+
+
 class MDState(NamedTuple):
     """Dynamical state after a step (all jnp arrays)."""
 
@@ -216,21 +220,23 @@ def simulate(md: Dynamics, system: System, velocities, n_samples: int, chunk: in
     while done < n_samples:
         k = min(chunk, n_samples - done)
         new, fr = md.apply(state, aux, k)
+        if not (np.all(np.isfinite(np.asarray(fr.potential_energy)))
+                and np.all(np.isfinite(np.asarray(new.system.positions)))):
+            raise DivergedError(f"the MD diverged within frames {done + 1}–{done + k} (NaN/inf positions or "
+                                f"energies): reduce the time step (dt = {md.dt} fs) or check the structure")
         bad = np.flatnonzero(np.asarray(fr.overflow))
         if bad.size:
             if bad[0] == 0:
                 if fresh:
-                    raise RuntimeError(
-                        "neighbour list / unfolding overflowed in the first frame after allocation; "
-                        "increase skin or capacity_multiplier, or reduce sample_every")
+                    raise DivergedError(
+                        "neighbour list / unfolding overflowed in the first frame after allocation (atoms "
+                        f"moved more than skin/2 within {md.sample_every} steps): reduce the time step "
+                        f"(dt = {md.dt} fs) or sample_every, or increase skin or capacity_multiplier")
                 state, aux = md.init(state.system, state.velocities, state.key)
                 fresh = True
                 continue
             k = int(bad[0])  # frames before the first overflow are valid: redo just those
             new, fr = md.apply(state, aux, k)
-        if not bool(np.all(np.isfinite(np.asarray(fr.potential_energy)))):
-            raise FloatingPointError(f"non-finite energy after {done + k} frames: the dynamics "
-                                     f"blew up (time step {md.dt} fs too large?)")
         frames.append(jax.tree_util.tree_map(np.asarray, fr))
         state, done, fresh = new, done + k, False
         if bad.size:

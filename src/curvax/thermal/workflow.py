@@ -30,6 +30,7 @@ from curvax.potentials import load_potential
 from curvax.system import from_atoms
 from curvax.thermal import green_kubo as gk
 from curvax.thermal import md as M
+from curvax.validation import check_system, check_writable
 
 
 @dataclasses.dataclass
@@ -56,10 +57,16 @@ class GreenKuboConfig:
     output: str | None = None  # directory, relative to the current directory (default gk-<config name>)
 
     def validate(self, where="config"):
-        for k in ("temperature", "dt", "steps", "runs", "sample_every", "chunk"):
+        for k in ("temperature", "dt", "steps", "runs", "sample_every", "chunk", "skin"):
             v = getattr(self, k)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ValueError(f"{where}: {k} must be a positive number, got {v!r}")
+        for k in ("friction", "equilibration_steps"):
+            if not getattr(self, k) >= 0:
+                raise ValueError(f"{where}: {k} must be ≥ 0, got {getattr(self, k)!r}")
+        for k in ("correlation_time", "max_lag"):
+            if getattr(self, k) is not None and not getattr(self, k) > 0:
+                raise ValueError(f"{where}: {k} must be positive (or null), got {getattr(self, k)!r}")
         if self.steps < 4 * self.sample_every:
             raise ValueError(f"{where}: steps ({self.steps}) must be ≥ 4 × sample_every")
         if self.flux_route not in ("unfolded", "edge"):
@@ -96,7 +103,18 @@ def build_atoms(cfg: GreenKuboConfig):
             raise ValueError(f"{p}: cannot read structure ({type(e).__name__}: {e})") from e
     if not all(atoms.pbc):
         raise ValueError(f"{where}: Green–Kubo needs a periodic (3D) structure")
+    check_system(from_atoms(atoms), str(st) if not isinstance(st, dict) else where)
     return atoms.repeat(tuple(cfg.supercell))
+
+
+def _read_run(path: Path) -> dict:
+    """A finished run's arrays; a corrupt file is an error naming it (delete it to redo the run)."""
+    try:
+        with np.load(path) as d:
+            return {k: d[k] for k in d.files}
+    except Exception as e:  # noqa: BLE001  (BadZipFile, EOFError, ValueError, KeyError, ...)
+        raise ValueError(f"{path}: unreadable run file ({type(e).__name__}: {e}); delete it to "
+                         f"recompute that run") from None
 
 
 def _save_npz(path: Path, **arrays):
@@ -110,8 +128,7 @@ def run(cfg: GreenKuboConfig, output=None, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     dtype = precision.dtype_for(cfg.x64)
-    out = Path(output or cfg.output or "gk-output")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(output or cfg.output or "gk-output", "output folder")
     pot = load_potential(cfg.model, dtype)
     atoms = build_atoms(cfg)
     system = from_atoms(atoms, dtype=dtype)
@@ -132,7 +149,7 @@ def run(cfg: GreenKuboConfig, output=None, progress: bool = True) -> dict:
     for r in range(int(cfg.runs)):
         ck = out / f"run_{r:03d}.npz"
         if ck.is_file():
-            d = np.load(ck)
+            d = _read_run(ck)
             if str(d["digest"]) != digest:
                 raise ValueError(f"{ck}: checkpoint from different settings; use a new output "
                                  f"directory or delete it")
@@ -150,7 +167,7 @@ def run(cfg: GreenKuboConfig, output=None, progress: bool = True) -> dict:
             _save_npz(ck, flux=fr.flux, flux_potential=fr.flux_potential,
                       potential_energy=fr.potential_energy, kinetic_energy=fr.kinetic_energy,
                       digest=np.array(digest))
-            d = np.load(ck)
+            d = _read_run(ck)
         fluxes.append(d["flux"])
         etot = d["potential_energy"] + d["kinetic_energy"]
         drifts.append(float(np.ptp(etot)))

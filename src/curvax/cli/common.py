@@ -1,0 +1,55 @@
+"""What every sub-command shares: the parser style (full description, defaults shown), the
+`--model` option, and reading + validating structure files before any model is loaded."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from curvax.system import from_atoms
+from curvax.validation import check_system
+
+MODEL_HELP = ("model spec: a Nequix .nqx path or registered name (nequix-mp-1), "
+              "lj:sigma=..,epsilon=..,cutoff=.. (Lennard-Jones with a smooth cutoff) or "
+              "morse:epsilon=..,r0=..,rho0=..")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
+def add_command(subparsers, name: str, doc: str, help: str, run) -> argparse.ArgumentParser:
+    """A sub-command parser whose --help shows the whole module docstring and the defaults."""
+    p = subparsers.add_parser(name, help=help, description=doc.strip(), formatter_class=_Formatter)
+    p.set_defaults(func=run)
+    return p
+
+
+def read_frames(path, what: str = "structure", periodic: bool = True) -> list:
+    """All frames of an ASE-readable file, each validated (`curvax.validation.check_system`);
+    errors name the file and frame."""
+    import ase.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        frames = ase.io.read(str(path), index=":")
+    except Exception as e:  # noqa: BLE001  (ASE raises many types for unreadable files)
+        raise ValueError(f"{path}: cannot read {what}s ({type(e).__name__}: {e})") from None
+    if not frames:
+        raise ValueError(f"{path}: no {what}s")
+    for k, atoms in enumerate(frames):
+        where = f"{path} frame {k}" if len(frames) > 1 else str(path)
+        if periodic and (not all(atoms.pbc) or atoms.cell.rank < 3):
+            raise ValueError(f"{where}: needs a periodic 3D cell (pbc = {atoms.pbc.tolist()})")
+        check_atoms(atoms, where)
+    return frames
+
+
+def check_atoms(atoms, where: str) -> None:
+    """`check_system` of an `ase.Atoms` (before any model or phonopy object sees it)."""
+    try:
+        system = from_atoms(atoms)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    check_system(system, where)

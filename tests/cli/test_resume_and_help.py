@@ -1,0 +1,108 @@
+"""Long commands resume only under the same settings; help and progress a user can rely on."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from curvax.cli import COMMANDS, main
+from curvax.finetune.training import prepare_workdir, save_checkpoint
+from curvax.relax.data import RelaxPair, perturb, write_pairs
+
+LJ = "lj:sigma=3.405,epsilon=0.0103,cutoff=6.0,r_inner=5.0"
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pairs")
+    ref = bulk("Ar", "fcc", a=5.3, cubic=True)
+    write_pairs(d / "pairs.extxyz", [RelaxPair(f"ar{k}", perturb(ref, 0.05, 0.01, np.random.default_rng(k)),
+                                               ref, 0.0) for k in range(2)])
+    return d / "pairs.extxyz"
+
+
+def _config(path, pairs, workdir, **kw):
+    cfg = {"model": f'"{LJ}"', "data": str(pairs), "workdir": str(workdir), "split": "[1.0, 0.0, 0.0]",
+           "steps": 3, "batch_size": 2, "relax_steps": 3, "eval_relax_steps": 3, "checkpoint_every": 1}
+    cfg.update(kw)
+    path.write_text("\n".join(f"{k}: {v}" for k, v in cfg.items()) + "\n")
+    return str(path)
+
+
+def _rows(workdir):
+    with open(workdir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_changed_config_is_refused_then_restarted(pairs, tmp_path, capsys):
+    w = tmp_path / "w"
+    cfg = _config(tmp_path / "a.yaml", pairs, w)
+    assert main(["relax-tune", cfg, "--max-seconds", "0", "--no-progress"]) == 0
+    assert len(_rows(w)) == 1
+    changed = _config(tmp_path / "b.yaml", pairs, w, rattle=0.1, ema_decay=0.5)
+    assert main(["relax-tune", changed, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "different settings" in err and "rattle: 0.05 → 0.1" in err and "ema_decay: 0.9 → 0.5" in err
+    assert "--restart" in err and len(_rows(w)) == 1  # nothing was touched
+    assert main(["relax-tune", cfg, "--steps", "0", "--no-progress"]) == 2  # validated: steps ≥ 1
+    assert main(["relax-tune", changed, "--restart", "--no-progress"]) == 0
+    rows = _rows(w)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert json.loads((w / "run.json").read_text())["rattle"] == 0.1
+
+
+def test_more_steps_resume_and_time_accumulates(pairs, tmp_path):
+    w = tmp_path / "w"
+    cfg = _config(tmp_path / "a.yaml", pairs, w, steps=2)
+    assert main(["relax-tune", cfg, "--no-progress"]) == 0
+    t2 = float(_rows(w)[-1]["time_s"])
+    assert main(["relax-tune", cfg, "--steps", "3", "--no-progress"]) == 0  # more steps: allowed
+    rows = _rows(w)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and float(rows[-1]["time_s"]) > t2
+
+
+def test_checkpoint_past_the_asked_steps_is_refused(tmp_path):
+    import jax.numpy as jnp
+
+    from curvax.finetune.training import TrainState
+
+    record = {"lr": 1.0, "steps": 5}
+    prepare_workdir(tmp_path, record, 5)
+    state = TrainState(jnp.zeros((), jnp.int32), {}, {}, {})
+    save_checkpoint(tmp_path / "checkpoint.eqx", state, {"step": 5})
+    with pytest.raises(ValueError, match="checkpoint is at step 5, past steps = 3"):
+        prepare_workdir(tmp_path, {"lr": 1.0, "steps": 3}, 3)
+    with pytest.raises(ValueError, match=r"lr: 1.0 → 2.0"):
+        prepare_workdir(tmp_path, {"lr": 2.0, "steps": 5}, 5)
+    prepare_workdir(tmp_path, {"lr": 1.0, "steps": 8}, 8)  # the same run, longer
+    prepare_workdir(tmp_path, {"lr": 2.0, "steps": 5}, 5, restart=True)
+    assert not (tmp_path / "checkpoint.eqx").exists()
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_help_is_whole_and_shows_defaults(command, capsys):
+    name = {"relax_tune": "relax-tune"}.get(command.__name__.rsplit(".", 1)[-1], command.__name__.rsplit(".", 1)[-1])
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    last_line = command.__doc__.strip().splitlines()[-1].strip()
+    assert " ".join(last_line.split()) in " ".join(out.split())  # the whole description, not its first line
+    if "--no-progress" not in out:
+        pytest.fail(f"{name} has no --no-progress")
+    for line in out.split("  --")[1:]:  # every option has help text
+        assert len(line.split(None, 1)) > 1, line
+
+
+def test_phonons_and_kappa_show_progress(tmp_path, capsys):
+    from ase.io import write
+
+    write(tmp_path / "POSCAR", bulk("Ar", "fcc", a=5.3), format="vasp")
+    assert main(["phonons", str(tmp_path / "POSCAR"), "--model", LJ, "--mesh", "4", "4", "4", "--no-plot",
+                 "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "FC2 HVPs" in err and "1/1" in err
+    assert main(["kappa", str(tmp_path / "POSCAR"), "--model", LJ, "--mesh", "3", "3", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "FC3 supercells" in err
