@@ -1,9 +1,6 @@
 """Bad input never crashes, hangs or gives a silent wrong number: each probe of the reliability
 review (segfaults, hangs, silent results, tracebacks, late failures) is an exit code 2 and a
 message naming the file / option / atom, before any model is loaded or compiled."""
-import json
-import os
-import stat
 
 import jax.numpy as jnp
 import numpy as np
