@@ -7,6 +7,7 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+os.environ["CURVAX_JAX_CACHE"] = "off"  # the CLI's persistent compilation cache: only where a test asks
 
 SHARED = Path(os.environ.get("CURVAX_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 NEQUIX_MP = SHARED / "models" / "nequix-mp-1.nqx"

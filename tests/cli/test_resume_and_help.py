@@ -106,3 +106,30 @@ def test_phonons_and_kappa_show_progress(tmp_path, capsys):
     assert main(["kappa", str(tmp_path / "POSCAR"), "--model", LJ, "--mesh", "3", "3", "3"]) == 0
     err = capsys.readouterr().err
     assert "FC3 supercells" in err
+
+
+def test_second_run_uses_the_compilation_cache(tmp_path):
+    """`curvax` keeps compiled programs in $CURVAX_JAX_CACHE: a second identical run finds them
+    (entries reused, none added) and prints bit-identical numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from ase.io import write
+
+    write(tmp_path / "POSCAR", bulk("Ar", "fcc", a=5.3), format="vasp")
+    env = {**os.environ, "CURVAX_JAX_CACHE": str(tmp_path / "cache")}
+
+    def run(k):
+        out = tmp_path / f"o{k}"
+        subprocess.run([sys.executable, "-c", "import sys; from curvax.cli import main; sys.exit(main())", "phonons", str(tmp_path / "POSCAR"), "--model", LJ,
+                        "--mesh", "4", "4", "4", "--no-plot", "--no-progress", "--out", str(out)],
+                       check=True, env=env, capture_output=True)
+        return json.loads((out / "properties.json").read_text())["properties"]["model"]
+
+    first = run(1)
+    entries = sorted(os.listdir(tmp_path / "cache"))
+    assert entries  # programs were stored
+    second = run(2)
+    assert sorted(os.listdir(tmp_path / "cache")) == entries  # nothing new compiled
+    assert second == first

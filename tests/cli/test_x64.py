@@ -98,7 +98,7 @@ def test_finetune_passes_the_flag_to_its_config(precision, monkeypatch, tmp_path
     """PFT needs a Nequix model and minutes; its run gets the config with x64 set by the flag
     (and `pft.run` casts with `precision.dtype_for(cfg.x64)`, as relax-tune does above)."""
     got = []
-    monkeypatch.setattr(pft, "run", lambda cfg, max_seconds=None: got.append(cfg.x64) or (None, None, None))
+    monkeypatch.setattr(pft, "run", lambda cfg, **kw: got.append(cfg.x64) or (None, None, None))
     cfg = tmp_path / "pft.yaml"
     cfg.write_text(f"model: nequix-mp-1\nworkdir: {tmp_path / 'w'}\n")
     assert main(FLAGS[precision] + ["finetune", str(cfg)]) == 0
