@@ -139,6 +139,28 @@ def bench_neighbors(min_atoms, max_atoms, points, cutoff, repeat):
     return None
 
 
+def bench_small_cells(cutoff, repeat):
+    """(3) the list build for cells from 1 to 3 cutoffs wide: what `allocate` picks vs the
+    other search (fcc Ar conventional supercells, rattled), ratio brute / cells."""
+    print(f"== Neighbour list, small cells (cutoff {cutoff} Å, fcc Ar a = 5.26 Å, {jax.default_backend()})")
+    print(f"  {'atoms':>6} {'bins':>10} {'auto':>6} {'brute ms':>9} {'cells ms':>9} {'brute/cells':>12}")
+    for n in (2, 3, 4, 5):
+        atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((n, n, n))
+        atoms.rattle(0.05, seed=0)
+        system = from_atoms(atoms, dtype=jnp.float32)
+        auto, _ = allocate(system, cutoff)
+        t = {}
+        for method in ("brute", "cells"):
+            try:
+                spec, _ = allocate(system, cutoff, method=method)
+            except ValueError:
+                t[method] = float("nan")
+                continue
+            t[method] = timeit(build, system, spec, repeat=repeat)[0]
+        print(f"  {len(atoms):6d} {str(auto.bins):>10} {auto.method:>6} {t['brute'] * 1e3:9.2f} "
+              f"{t['cells'] * 1e3:9.2f} {t['brute'] / t['cells']:12.2f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="Nequix .nqx file")
@@ -154,6 +176,7 @@ def main(argv=None):
     if not args.skip_nequix:
         bench_nequix(args.model, args.nequix_atoms, args.repeat)
     if not args.skip_neighbors:
+        bench_small_cells(8.5, args.repeat)
         bench_neighbors(args.min_atoms, args.max_atoms, args.points, args.cutoff, args.repeat)
     return 0
 

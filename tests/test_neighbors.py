@@ -73,6 +73,41 @@ def test_cells_and_brute_agree_large():
     assert _pairs(g_b) == ref
 
 
+@pytest.mark.parametrize("width", [0.98, 1.02, 1.5, 1.98, 2.02, 2.6])
+def test_cell_list_exact_around_one_and_two_cutoffs(width):
+    """Cells from just under 1 to 2.6 cutoffs wide (triclinic, rattled, few atoms): the cell list
+    (1 or 2 bins per axis: neighbouring bins repeat with other image offsets) gives exactly
+    ASE's pairs; `auto` takes it from 2 cutoffs on, the brute search below."""
+    cutoff = 4.0
+    atoms = _triclinic((1, 1, 1), a=3.6)
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array).T, axis=1)
+    atoms.set_cell(atoms.cell.array * (width * cutoff / spacing.min()), scale_atoms=True)
+    atoms = atoms.repeat((2, 1, 1))
+    atoms.rattle(0.05, seed=2)
+    system = from_atoms(atoms)
+    ref = _ase_pairs(atoms, cutoff)
+    auto, g_auto = allocate(system, cutoff)
+    assert auto.method == ("cells" if width >= 2 else "brute")
+    assert _pairs(g_auto) == ref and not bool(g_auto.overflow)
+    if width >= 1:
+        spec, g = allocate(system, cutoff, method="cells")
+        assert min(spec.bins) == int(width) and _pairs(g) == ref and not bool(g.overflow)
+    else:
+        with pytest.raises(ValueError, match="at least one cutoff wide"):
+            allocate(system, cutoff, method="cells")
+
+
+@pytest.mark.parametrize("reps, cutoff", [((6, 6, 6), 6.0), ((4, 4, 4), 8.5)])
+def test_cell_list_on_a_perfect_lattice(reps, cutoff):
+    """Atoms exactly on bin boundaries (a perfect supercell, as for force constants): every
+    pair is found. (Re-wrapping the fractional coordinate 1 − ε → 0 once put an atom on the
+    upper face into bin 0 and lost a third of the pairs.)"""
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=reps == (4, 4, 4)).repeat(reps)
+    spec, graph = allocate(from_atoms(atoms), cutoff, method="cells")
+    assert min(spec.bins) >= 2 and not bool(graph.overflow)
+    assert _pairs(graph) == _ase_pairs(atoms, cutoff)
+
+
 def test_overflow_when_capacity_too_small():
     atoms = _triclinic((2, 2, 2))
     system = from_atoms(atoms)
