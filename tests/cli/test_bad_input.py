@@ -165,3 +165,29 @@ def test_md_blow_up_says_diverged():
     v = M.maxwell_boltzmann(atoms.get_masses(), 5000.0, seed=0)
     with pytest.raises(M.DivergedError, match="reduce the time step"):
         M.simulate(md, from_atoms(atoms), v, 50, chunk=10)
+
+
+def test_gk_checks_its_output_folder_first(capsys, tmp_path):
+    cfg = tmp_path / "gk.yaml"
+    cfg.write_text(f'model: "{LJ}"\nstructure: {{bulk: Ar, crystalstructure: fcc, a: 5.3, cubic: true}}\n'
+                   "temperature: 40\nsteps: 8\n")
+    (tmp_path / "file").write_text("")
+    rc, err = _run(capsys, "gk", str(cfg), "--output", str(tmp_path / "file" / "out"), "--no-progress")
+    assert rc == 2 and "output folder" in err and "not writable" in err
+
+
+def test_relaxation_that_turns_nan_is_a_failure_not_converged():
+    """A structure whose energy turns NaN stops, is not converged and says why; the others go on."""
+    from curvax.relax import relax_systems
+
+    class NaNForHelium(LennardJones):
+        def __call__(self, r_ij, numbers, senders, receivers):
+            e = super().__call__(r_ij, numbers, senders, receivers)
+            return jnp.where(jnp.any(numbers == 2), jnp.nan, 1.0) * e
+
+    pot = NaNForHelium(3.4, 0.0104, cutoff=6.0)
+    good, bad = bulk("Ar", "fcc", a=5.4, cubic=True), bulk("He", "fcc", a=5.4, cubic=True)
+    good.rattle(0.05, seed=0)
+    _, info = relax_systems(pot, [from_atoms(good), from_atoms(bad)], steps=300, fmax=1e-2, chunk=50)
+    assert info["converged"].tolist() == [True, False]
+    assert info["error"][0] == "" and "NaN/inf" in info["error"][1]

@@ -149,7 +149,7 @@ def run(args) -> int:
     print((out / "properties.txt").read_text(), end="")
     if not args.no_plot:
         phonons = {"model": phonon} if dft is None else {"DFT": dft, "model": phonon}
-        title = f"{atoms.get_chemical_formula(mode='reduce')}: {Path(str(args.model)).name}"
+        title = f"{atoms.get_chemical_formula(mode='metal', empirical=True)}: {Path(str(args.model)).name}"
         plot_bands_dos(phonons, out / "bands_dos.png", mesh=mesh, title=title)
     print(f"wrote {out}/phonopy_model.yaml, properties.txt, properties.json"
           + ("" if args.no_plot else ", bands_dos.png"))

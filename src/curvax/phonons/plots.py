@@ -52,9 +52,10 @@ def plot_bands_dos(phonons: dict, filename, mesh=DEFAULT_MESH, npoints: int = 51
             if k == 0:
                 lines[0].set_label(label)  # one legend entry per data set
         fp, g = total_dos(ph, mesh)
-        # the DOS grid starts below the lowest mode; drawn there it would read like imaginary modes
-        lowest = min(0.0, float(np.min(ph.mesh.frequencies)))
-        keep = fp >= lowest
+        # the DOS grid extends beyond the modes; drawn there, the tail below 0 would read like
+        # imaginary modes: keep the range the mesh frequencies span
+        freqs = np.asarray(ph.mesh.frequencies)
+        keep = (fp >= min(0.0, float(freqs.min()))) & (fp <= float(freqs.max()))
         ax_d.plot(g[keep] / g.max(), fp[keep], color=c, lw=1)
     # ticks at segment ends
     ticks = [dist[0][0]] + [d[-1] for d in dist]
