@@ -7,6 +7,7 @@ One entry point per feature (the rest lives in the subpackages; README "Where th
     System, from_atoms, to_atoms         structures (Å)                       curvax.system
     calculator(pot) -> (init, apply)     energy, forces, stress, virials      curvax.calculator
     compute(pot, system)                 the same, one call, numpy results     curvax.calculator
+    ase.Calculator(pot)                  the ASE calculator (E, F, σ, virials) curvax.ase
     hvp(pot, system, graph, v)           Hessian-vector products (`hessian`)  curvax.hessian
     force_constants(phonon, pot)         FC2 in phonopy layout                curvax.phonons.fc2
     compute_fc3(ph3, pot), kappa_rta     FC3 in phono3py layout, RTA κ        curvax.phonons.fc3
@@ -19,6 +20,7 @@ Fine-tuning (PFT, relaxation fine-tuning): `curvax.finetune` (configs + `run`), 
 Submodules keep their names (`curvax.hessian`, `curvax.relax`, `curvax.thermal.heat_flux`):
 no function exported here shadows one. Importing curvax changes no JAX setting.
 """
+from curvax import ase  # curvax.ase.Calculator: the ASE calculator
 from curvax.calculator import CalculatorFns, calculator, compute
 from curvax.derivatives import energy, properties
 from curvax.hessian import hvp
@@ -36,7 +38,7 @@ from curvax.thermal.md import dynamics, simulate
 __version__ = "0.1.0"
 
 __all__ = [
-    "System", "from_atoms", "to_atoms", "Graph", "NeighborSpec", "neighbor_list", "InitApply",
+    "ase", "System", "from_atoms", "to_atoms", "Graph", "NeighborSpec", "neighbor_list", "InitApply",
     "Potential", "LennardJones", "Morse", "NequixPotential", "load_potential", "save_potential",
     "energy", "properties", "CalculatorFns", "calculator", "compute", "hvp",
     "force_constants", "compute_fc3", "kappa_rta", "phonon_properties",
