@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from ase.build import bulk
 
 from curvax.cli import COMMANDS, main
@@ -49,7 +50,7 @@ def test_changed_config_is_refused_then_restarted(pairs, tmp_path, capsys):
     assert main(["relax-tune", changed, "--restart", "--no-progress"]) == 0
     rows = _rows(w)
     assert [int(r["step"]) for r in rows] == [1, 2, 3]
-    assert json.loads((w / "run.json").read_text())["rattle"] == 0.1
+    assert yaml.safe_load((w / "config.yaml").read_text())["rattle"] == 0.1
 
 
 def test_more_steps_resume_and_time_accumulates(pairs, tmp_path):

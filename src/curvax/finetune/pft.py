@@ -39,7 +39,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 from ase.data import atomic_numbers
 from ase.formula import Formula
 
@@ -376,7 +375,6 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
     base = load_potential(cfg.model, precision.dtype_for(cfg.x64))
     split = data_split(cfg, base.elements)
-    atomic_write(workdir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
     cutoff = base.cutoff
     names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,

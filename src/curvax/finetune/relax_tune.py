@@ -32,7 +32,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
 from curvax import batch as batching
 from curvax import precision
@@ -230,7 +229,6 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
               "data_sha256": training.file_fingerprint(cfg.data)}
     workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
     dtype = precision.dtype_for(cfg.x64)
-    atomic_write(workdir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
     base = load_potential(cfg.model, dtype)
     splits = load_splits(cfg, base)
     for name, pairs in splits.items():

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 
 from curvax.io import atomic_write
 
@@ -228,24 +229,25 @@ RUN_FILES = ("checkpoint.eqx", "best.eqx", "metrics.csv", "eval.csv")
 
 def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
                     may_change: tuple = ("steps", "workdir")) -> Path:
-    """Make `workdir` ready for a resumable run of the settings `record` (a JSON-able dict).
+    """Make `workdir` ready for a resumable run of the settings `record` (a JSON-able dict),
+    written to `workdir/config.yaml`, the run's one record of its settings.
 
     A workdir with a checkpoint resumes only under the same settings: `record` is compared
-    with the `run.json` written when the run started, and any difference (other than
+    with the `config.yaml` written when the run started, and any difference (other than
     `may_change`, e.g. more `steps`) stops with a list of them. A checkpoint already past
     `steps` stops too. `restart` deletes the previous run's checkpoints and metrics instead.
     Checks that the folder is writable before any work. Returns the folder."""
     from curvax.validation import check_writable
 
     workdir = check_writable(workdir, "workdir")
-    record = json.loads(json.dumps(record, sort_keys=True, default=str))  # as stored: lists, strings
-    stored = workdir / "run.json"
+    record = json.loads(json.dumps(record, default=str))  # plain types, as read back: lists, strings
+    stored = workdir / "config.yaml"
     if restart:
-        for name in RUN_FILES + ("run.json",):
+        for name in RUN_FILES + ("config.yaml",):
             (workdir / name).unlink(missing_ok=True)
     done = checkpoint_step(workdir / "checkpoint.eqx")
     if done and stored.is_file():
-        old = json.loads(stored.read_text())
+        old = yaml.safe_load(stored.read_text()) or {}
         keys = sorted((set(old) | set(record)) - set(may_change))
         diff = [f"{k}: {old.get(k)!r} → {record.get(k)!r}" for k in keys if old.get(k) != record.get(k)]
         if diff:
@@ -254,7 +256,7 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
     if done > steps:
         raise ValueError(f"{workdir}: the checkpoint is at step {done}, past steps = {steps}; ask for at "
                          f"least {done} steps, or --restart")
-    atomic_write(stored, json.dumps(record, indent=1, sort_keys=True, default=str))
+    atomic_write(stored, yaml.safe_dump(record, sort_keys=False))
     return workdir
 
 
