@@ -31,13 +31,10 @@ def path_field(**kwargs):
 def resolve_path(base: Path, value: str) -> str:
     """`value` relative to `base` if it is a relative path (module doc's rule), else unchanged."""
     value = str(value)
-    if ":" in value.split("/")[0] and not Path(value).is_absolute():  # lj:..., morse:...
-        return value
-    looks_like_path = "/" in value or bool(Path(value).suffix)
+    if ":" in value.split("/")[0] or ("/" not in value and not Path(value).suffix):
+        return value  # a model spec (lj:..., morse:...) or a registered name
     q = Path(value).expanduser()
-    if not looks_like_path or q.is_absolute():
-        return str(q) if looks_like_path else value
-    return str((base / q).resolve())
+    return str(q if q.is_absolute() else (base / q).resolve())
 
 
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),

@@ -77,12 +77,16 @@ def _complete_cell(cell, pbc):
 
 def check_system(system: System) -> None:
     """ValueError for what no neighbour list supports: mixed periodicity, non-finite
-    positions, a degenerate periodic cell."""
+    positions (naming the atoms) or cell, a degenerate periodic cell. (`curvax.validation`
+    adds the checks of user input on top of these.)"""
     pbc = tuple(bool(p) for p in system.pbc)
     if any(pbc) and not all(pbc):
         raise ValueError(f"mixed periodicity pbc={list(pbc)} is not supported; use all True or all False")
-    if not np.all(np.isfinite(np.asarray(system.positions))):
-        raise ValueError("positions contain NaN or inf")
+    bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(system.positions)), axis=1))
+    if bad.size:
+        raise ValueError(f"positions of atom(s) {bad[:10].tolist()} are NaN or inf")
+    if not np.all(np.isfinite(np.asarray(system.cell))):
+        raise ValueError("cell contains NaN or inf")
     if all(pbc) and abs(np.linalg.det(np.asarray(system.cell, dtype=np.float64))) < 1e-8:
         raise ValueError("pbc=True but the cell is degenerate (zero volume)")
 

@@ -36,17 +36,12 @@ def check_system(system: System, where: str = "structure", min_distance: float =
         raise ValueError(f"{where}: {numbers.shape} atomic numbers for {positions.shape[0]} positions")
     if cell.shape != (3, 3):
         raise ValueError(f"{where}: cell must have shape (3, 3), got {cell.shape}")
-    bad = np.flatnonzero(~np.all(np.isfinite(positions), axis=1))
-    if bad.size:
-        raise ValueError(f"{where}: positions of atom(s) {bad[:10].tolist()} are NaN or inf")
-    if not np.all(np.isfinite(cell)):
-        raise ValueError(f"{where}: cell contains NaN or inf")
     wrong = np.flatnonzero((numbers < 1) | (numbers > 118))
     if wrong.size:
         raise ValueError(f"{where}: atom(s) {wrong[:10].tolist()} have atomic numbers "
                          f"{numbers[wrong[:10]].tolist()}, not 1–118")
     try:
-        _check_graphable(system)
+        _check_graphable(system)  # finite positions (atoms named) and cell, periodicity, volume
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     if min_distance > 0 and len(positions) > 1:
@@ -64,8 +59,7 @@ def _closest_pair(positions, cell, pbc) -> tuple[int, int, float]:
     periodic = all(bool(p) for p in pbc)
     if periodic:
         atoms = Atoms(positions=positions, cell=cell, pbc=True, numbers=np.ones(len(positions), int))
-        i, j, d = neighbour_list("ijd", atoms, MIN_DISTANCE * 1.01)
-        # an atom's own image counts only if the cell itself is that short
+        i, j, d = neighbour_list("ijd", atoms, MIN_DISTANCE * 1.01)  # periodic images included
         if d.size == 0:
             return 0, 0, float("inf")
         k = int(np.argmin(d))

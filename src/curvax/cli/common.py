@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from curvax.system import from_atoms
 from curvax.validation import check_system
 
@@ -53,3 +55,16 @@ def check_atoms(atoms, where: str) -> None:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     check_system(system, where)
+
+
+def supercell_matrix(values, option="--supercell"):
+    """3 or 9 integers → a 3×3 integer matrix with a positive determinant."""
+    if values is None:
+        return None
+    if len(values) not in (3, 9):
+        raise ValueError(f"{option} takes 3 or 9 integers, got {len(values)}")
+    m = np.diag(values) if len(values) == 3 else np.asarray(values, dtype=int).reshape(3, 3)
+    if round(np.linalg.det(m)) <= 0:
+        raise ValueError(f"{option} {' '.join(map(str, values))}: the matrix must have a positive "
+                         f"determinant (e.g. 2 2 2)")
+    return m

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from curvax import precision
-from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames
-from curvax.cli.phonons import supercell_matrix
+from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames, supercell_matrix
 from curvax.io import atomic_write
 from curvax.phonons.convert import phono3py_from_atoms, phonopy_to_atoms
 from curvax.phonons.fc3 import compute_fc3, kappa_rta
@@ -66,7 +65,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     if args.output:
-        check_writable(Path(args.output).parent if str(Path(args.output).parent) else Path("."), "--output folder")
+        check_writable(Path(args.output).parent, "--output folder")
     ph3 = _phono3py_for(args)
     pot = load_potential(args.model, precision.dtype_for(args.x64))
     check_species(pot, ph3.supercell.numbers, where=str(args.structure))

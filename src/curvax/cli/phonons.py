@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from curvax import precision
-from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames
+from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames, supercell_matrix
 from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import load_phonopy_dataset
@@ -48,19 +48,6 @@ def add_parser(subparsers):
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default="phonons_out", help="output directory")
-
-
-def supercell_matrix(values, option="--supercell"):
-    """3 or 9 integers → a 3×3 integer matrix with a positive determinant."""
-    if values is None:
-        return None
-    if len(values) not in (3, 9):
-        raise ValueError(f"{option} takes 3 or 9 integers, got {len(values)}")
-    m = np.diag(values) if len(values) == 3 else np.asarray(values, dtype=int).reshape(3, 3)
-    if round(np.linalg.det(m)) <= 0:
-        raise ValueError(f"{option} {' '.join(map(str, values))}: the matrix must have a positive "
-                         f"determinant (e.g. 2 2 2)")
-    return m
 
 
 def mesh_argument(values):

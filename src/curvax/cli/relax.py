@@ -55,7 +55,7 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(Path(args.structures[0]).stem + "-relaxed.extxyz")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it or choose another --out")
-    check_writable(out.parent if str(out.parent) else Path("."), "output folder")
+    check_writable(out.parent, "output folder")
     pot = load_potential(args.model, precision.dtype_for(args.x64))
     systems = [from_atoms(a, dtype=parameter_dtype(pot)) for _, a in structures]
     bar = tqdm(total=len(systems) * args.steps, disable=args.no_progress, desc="relax", unit="step")

@@ -78,7 +78,7 @@ def relax_unit_cells(potential, cells: list, fmax: float = 5e-3, steps: int = 50
     if not cells:
         return []
     systems = [from_atoms(a, dtype=parameter_dtype(potential)) for a in cells]
-    relaxed, info = [None] * len(cells), {k: [None] * len(cells) for k in ("fmax", "converged", "energy")}
+    relaxed, info = [None] * len(cells), {k: [None] * len(cells) for k in ("fmax", "converged", "error")}
     order = np.argsort([len(a) for a in cells], kind="stable")
     for group in np.array_split(order, min(2, len(cells))):  # small cells are not padded to the largest
         r, i = relax_systems(potential, [systems[k] for k in group], cell=True, steps=steps, fmax=fmax)
@@ -87,9 +87,9 @@ def relax_unit_cells(potential, cells: list, fmax: float = 5e-3, steps: int = 50
             for key in info:
                 info[key][k] = i[key][j]
     out = []
-    for s, fm, ok, e in zip(relaxed, info["fmax"], info["converged"], info["energy"]):
-        if not (np.isfinite(fm) and np.isfinite(e)):
-            out.append(ValueError("relaxation went non-finite (NaN/inf energy or forces)"))
+    for s, fm, ok, error in zip(relaxed, info["fmax"], info["converged"], info["error"]):
+        if error:  # non-finite energy or forces (`relax_systems` stopped that structure)
+            out.append(ValueError(f"relaxation failed: {error}"))
         elif not ok:
             out.append(ValueError(f"relaxation not converged in {steps} FIRE steps (max |F| = {fm:.2e} eV/Å)"))
         else:

@@ -67,16 +67,17 @@ def supercell_shape(phonon, cutoff: float) -> tuple[int, int]:
     return system.positions.shape[0], int(np.sum(np.asarray(graph_of(system, cutoff).mask)))
 
 
-def _chunked_columns(potential, system, graph, vs, chunk, progress):
-    """H·v of `vs` (K, N, 3), min(chunk, K) probes per compiled call, `progress.update` after each."""
-    k = len(vs)
-    width = min(chunk, k)
+def _chunked_columns(potential, system, graph, vs, width, progress=None):
+    """H·v of `vs` (K, N, 3), `width` probes per compiled call (the last call zero-padded, so all
+    calls share one program); `progress.update` after each call."""
     out = []
-    for c in range(0, k, width):
+    for c in range(0, len(vs), width):
         part = np.zeros((width,) + vs.shape[1:], vs.dtype)
-        part[:len(vs[c:c + width])] = vs[c:c + width]
-        out.append(np.asarray(_columns(potential, system, graph, jnp.asarray(part), width))[:min(width, k - c)])
-        progress.update(min(width, k - c))
+        n = len(vs[c:c + width])
+        part[:n] = vs[c:c + width]
+        out.append(np.asarray(_columns(potential, system, graph, jnp.asarray(part), width))[:n])
+        if progress is not None:
+            progress.update(n)
     return np.concatenate(out)
 
 
@@ -90,14 +91,9 @@ def _bucketed_columns(potential, system, graph, vs, chunk, shape=None, progress=
     n_pad, e_pad = shape
     padded = pad_structure(system, graph, n_pad, e_pad)
     sys_p = padded.system._replace(positions=jnp.asarray(padded.system.positions))
-    vs_p = np.zeros((int(np.ceil(k / chunk)) * chunk, n_pad, 3), dtype=np.asarray(vs).dtype)
-    vs_p[:k, :n] = vs
-    out = []
-    for c in range(0, len(vs_p), chunk):
-        out.append(np.asarray(_columns(potential, sys_p, padded.graph, jnp.asarray(vs_p[c:c + chunk]), chunk)))
-        if progress is not None:
-            progress.update(max(0, min(chunk, k - c)))
-    return np.concatenate(out)[:k, :n]
+    vs_p = np.zeros((k, n_pad, 3), dtype=np.asarray(vs).dtype)
+    vs_p[:, :n] = vs
+    return _chunked_columns(potential, sys_p, padded.graph, vs_p, chunk, progress)[:, :n]
 
 
 def _fresh_phonopy(phonon):
@@ -140,7 +136,7 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
         hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket),
                                progress)
     elif progress is not None:
-        hv = _chunked_columns(potential, system, graph, vs, chunk, progress)
+        hv = _chunked_columns(potential, system, graph, vs, min(chunk, len(vs)), progress)
     else:
         hv = _columns(potential, system, graph, jnp.asarray(vs), chunk)
     work.forces = -np.asarray(hv, dtype=np.float64)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvax import precision
-from curvax.config import path_field
+from curvax.config import at_least, path_field
 from curvax.io import atomic_write
 from curvax.potentials import load_potential
 from curvax.system import from_atoms
@@ -61,9 +61,7 @@ class GreenKuboConfig:
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
                 raise ValueError(f"{where}: {k} must be a positive number, got {v!r}")
-        for k in ("friction", "equilibration_steps"):
-            if not getattr(self, k) >= 0:
-                raise ValueError(f"{where}: {k} must be ≥ 0, got {getattr(self, k)!r}")
+        at_least(where, self, 0, "friction", "equilibration_steps")
         for k in ("correlation_time", "max_lag"):
             if getattr(self, k) is not None and not getattr(self, k) > 0:
                 raise ValueError(f"{where}: {k} must be positive (or null), got {getattr(self, k)!r}")
