@@ -127,8 +127,8 @@ def run(cfg: GreenKuboConfig, output=None, progress: bool = True) -> dict:
 
     dtype = precision.dtype_for(cfg.x64)
     out = check_writable(output or cfg.output or "gk-output", "output folder")
+    atoms = build_atoms(cfg)  # validated before the model is loaded
     pot = load_potential(cfg.model, dtype)
-    atoms = build_atoms(cfg)
     system = from_atoms(atoms, dtype=dtype)
     masses = atoms.get_masses()
     T, dt, every = float(cfg.temperature), float(cfg.dt), int(cfg.sample_every)
