@@ -41,6 +41,19 @@ def hessian_columns(potential, system: System, graph: Graph, vs, chunk: int = 16
 
 
 @eqx.filter_jit
+def hvp_batch(potential, batch, vs):
+    """H·v of each structure of a padded `curvax.batch.Batch` with its own probe: vs (B, N, 3),
+    structure b's HVP with vs[b] (forward-over-reverse, vmapped over structures). HVPs of
+    different structures of one padded shape share one compiled program (phonon screening)."""
+    pbc = batch.system.pbc
+
+    def one(system, graph, v):
+        return hvp(potential, system._replace(pbc=pbc), graph, v)
+
+    return jax.vmap(one)(batch.system._replace(pbc=None), batch.graph, vs)
+
+
+@eqx.filter_jit
 def hessian(potential, system: System, graph: Graph, chunk: int = 16):
     """Dense Hessian, shape (N, N, 3, 3) (phonopy's force-constant layout) [eV/Å²]."""
     n = system.positions.shape[0]

@@ -207,10 +207,10 @@ def test_cli_compare_dft(tmp_path, capsys, monkeypatch, nequix64):
 
 
 def test_batched_unit_cell_relaxation_matches_ase(morse):
-    """The evaluation's batched JAX FIRE (`pft_eval.relax_unit_cells`, positions + cell) ends
+    """The evaluation's batched JAX FIRE (`relax.driver.relax_unit_cells`, positions + cell) ends
     where ASE FIRE + FrechetCellFilter ends, for cells of different sizes in one batch; an
     unconverged relaxation comes back as an error, not as a structure."""
-    from curvax.finetune.evaluation import relax_unit_cells
+    from curvax.relax.driver import relax_unit_cells
 
     cells = [bulk("Cu", "fcc", a=3.8, cubic=True), bulk("Cu", "fcc", a=3.5)]
     cells[0].rattle(0.02, seed=1)

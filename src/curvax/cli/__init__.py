@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from curvax import precision
-from curvax.cli import finetune, gk, kappa, phonons, relax, relax_tune
+from curvax.cli import finetune, gk, kappa, phonons, relax, relax_tune, screen
 
-COMMANDS = (relax, relax_tune, phonons, kappa, gk, finetune)
+COMMANDS = (relax, relax_tune, phonons, screen, kappa, gk, finetune)
 CACHE_ENV = "CURVAX_JAX_CACHE"
 
 

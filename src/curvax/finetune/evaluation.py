@@ -29,10 +29,9 @@ from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import dataset_name, load_phonopy_dataset
 from curvax.phonons.fc2 import force_constants, supercell_shape
 from curvax.phonons.properties import COMPARED, compare, phonon_properties
-from curvax.potentials.base import parameter_dtype
-from curvax.relax.driver import relax_systems
+from curvax.relax.driver import relax_systems, relax_unit_cells
 from curvax.relax.metrics import relaxation_summary, rms_displacement, volume_error
-from curvax.system import from_atoms, to_atoms
+from curvax.system import from_atoms
 
 _efs_mae = eqx.filter_jit(batch_efs_loss)
 
@@ -68,32 +67,6 @@ def shape_groups(phonons, cutoff: float) -> list:
         common = common_shape([shapes[k] for k in members])
         for k in members:
             out[k] = common
-    return out
-
-
-def relax_unit_cells(potential, cells: list, fmax: float = 5e-3, steps: int = 500) -> list:
-    """Relax unit cells (positions + cell, batched JAX FIRE, `relax.relax_systems`: one
-    compilation for all cells and every model of one architecture). Returns a list of
-    `ase.Atoms`, or of ValueError for a relaxation that did not converge or went non-finite."""
-    if not cells:
-        return []
-    systems = [from_atoms(a, dtype=parameter_dtype(potential)) for a in cells]
-    relaxed, info = [None] * len(cells), {k: [None] * len(cells) for k in ("fmax", "converged", "error")}
-    order = np.argsort([len(a) for a in cells], kind="stable")
-    for group in np.array_split(order, min(2, len(cells))):  # small cells are not padded to the largest
-        r, i = relax_systems(potential, [systems[k] for k in group], cell=True, steps=steps, fmax=fmax)
-        for j, k in enumerate(group):
-            relaxed[k] = r[j]
-            for key in info:
-                info[key][k] = i[key][j]
-    out = []
-    for s, fm, ok, error in zip(relaxed, info["fmax"], info["converged"], info["error"]):
-        if error:  # non-finite energy or forces (`relax_systems` stopped that structure)
-            out.append(ValueError(f"relaxation failed: {error}"))
-        elif not ok:
-            out.append(ValueError(f"relaxation not converged in {steps} FIRE steps (max |F| = {fm:.2e} eV/Å)"))
-        else:
-            out.append(to_atoms(s))
     return out
 
 

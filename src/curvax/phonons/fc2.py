@@ -38,6 +38,7 @@ from curvax.system import from_atoms
 __all__ = [
     "FC2Result", "force_constants", "force_constants_from_atoms", "dense_force_constants",
     "finite_displacement_force_constants", "acoustic_sum_rule_violation", "supercell_shape",
+    "displacement_probes", "force_constants_from_hvps",
 ]
 
 
@@ -119,16 +120,8 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     progress: a tqdm-like bar (`total`, `update(n)`) advanced per chunk of HVPs.
     Returns `FC2Result(force_constants [eV/Å²], n_hvp, n_atoms)`.
     """
-    work = _fresh_phonopy(phonon)
-    # u = 0.01 Å as phonopy's default; the result does not depend on it (F = −H·u is linear).
-    work.generate_displacements(distance=0.01, is_plusminus=False)
+    work, vs = displacement_probes(phonon, dtype or parameter_dtype(potential))
     system, graph = _supercell_system(work, potential, dtype)
-    n = system.positions.shape[0]
-    disps = work.displacements  # [[atom, ux, uy, uz], ...]
-    vs = np.zeros((len(disps), n, 3))
-    for k, d in enumerate(disps):
-        vs[k, int(d[0])] = d[1:4]
-    vs = vs.astype(np.asarray(system.positions).dtype)
     if progress is not None:
         progress.total = len(vs)
         progress.refresh()
@@ -139,6 +132,30 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
         hv = _chunked_columns(potential, system, graph, vs, min(chunk, len(vs)), progress)
     else:
         hv = _columns(potential, system, graph, jnp.asarray(vs), chunk)
+    fc = force_constants_from_hvps(work, hv, compact, symmetrize)
+    if assign:
+        phonon.force_constants = fc
+    return FC2Result(fc, len(vs), system.positions.shape[0])
+
+
+def displacement_probes(phonon, dtype=np.float32):
+    """phonopy's minimal symmetry-reduced displacement set as HVP probes.
+
+    Returns (work, vs): `work` a fresh copy of `phonon` holding the displacement dataset
+    (u = 0.01 Å, phonopy's default; the force constants do not depend on it, F = −H·u is
+    linear), and `vs` (K, Ns, 3) the displacement fields [Å], one displaced atom each."""
+    work = _fresh_phonopy(phonon)
+    work.generate_displacements(distance=0.01, is_plusminus=False)
+    disps = work.displacements  # [[atom, ux, uy, uz], ...]
+    vs = np.zeros((len(disps), len(work.supercell), 3))
+    for k, d in enumerate(disps):
+        vs[k, int(d[0])] = d[1:4]
+    return work, vs.astype(dtype)
+
+
+def force_constants_from_hvps(work, hv, compact: bool = False, symmetrize: bool = True) -> np.ndarray:
+    """FC2 [eV/Å²] from the HVPs `hv` (K, Ns, 3) of `displacement_probes`' `vs`: phonopy fits
+    Φ to the forces F = −H·u and (with `symmetrize`) imposes the sum rule and index symmetry."""
     work.forces = -np.asarray(hv, dtype=np.float64)
     work.produce_force_constants(calculate_full_force_constants=not compact, show_drift=False)
     if symmetrize:
@@ -146,9 +163,7 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     fc = np.array(work.force_constants)
     if not np.all(np.isfinite(fc)):
         raise ValueError("non-finite force constants (NaN/inf in the model's Hessian)")
-    if assign:
-        phonon.force_constants = fc
-    return FC2Result(fc, len(disps), n)
+    return fc
 
 
 def force_constants_from_atoms(atoms, supercell_matrix, potential, primitive_matrix="auto",

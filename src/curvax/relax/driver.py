@@ -25,7 +25,7 @@ from curvax.potentials.base import check_species, parameter_dtype
 from curvax.relax.adjoints import AbstractAdjoint, Unrolled
 from curvax.relax.coordinates import Coords, Evaluation, _safe_norm, deformation, evaluate, scaled_cell, structure
 from curvax.relax.optimizers import RELAXERS, unroll
-from curvax.system import System, from_atoms
+from curvax.system import System, from_atoms, to_atoms
 
 
 class RelaxResult(NamedTuple):
@@ -196,6 +196,32 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
         info["converged"].append(not error and fm < fmax)
         info["error"].append(error)
     return out, {k: np.asarray(v) for k, v in info.items()}
+
+
+def relax_unit_cells(potential, cells: list, fmax: float = 5e-3, steps: int = 500) -> list:
+    """Relax unit cells (positions + cell, batched JAX FIRE, `relax.relax_systems`: one
+    compilation for all cells and every model of one architecture). Returns a list of
+    `ase.Atoms`, or of ValueError for a relaxation that did not converge or went non-finite."""
+    if not cells:
+        return []
+    systems = [from_atoms(a, dtype=parameter_dtype(potential)) for a in cells]
+    relaxed, info = [None] * len(cells), {k: [None] * len(cells) for k in ("fmax", "converged", "error")}
+    order = np.argsort([len(a) for a in cells], kind="stable")
+    for group in np.array_split(order, min(2, len(cells))):  # small cells are not padded to the largest
+        r, i = relax_systems(potential, [systems[k] for k in group], cell=True, steps=steps, fmax=fmax)
+        for j, k in enumerate(group):
+            relaxed[k] = r[j]
+            for key in info:
+                info[key][k] = i[key][j]
+    out = []
+    for s, fm, ok, error in zip(relaxed, info["fmax"], info["converged"], info["error"]):
+        if error:  # non-finite energy or forces (`relax_systems` stopped that structure)
+            out.append(ValueError(f"relaxation failed: {error}"))
+        elif not ok:
+            out.append(ValueError(f"relaxation not converged in {steps} FIRE steps (max |F| = {fm:.2e} eV/Å)"))
+        else:
+            out.append(to_atoms(s))
+    return out
 
 
 def relax_volume(potential, cells: list, iterations: int = 12, ptol: float = 1e-4, chunk: int = 16):
