@@ -12,6 +12,11 @@
     and the ratios curvax/raw (target ~1).
 (2) neighbours.build (cell list, jit, graph already allocated) for fcc Ar supercells from
     `--min-atoms` to `--max-atoms`; prints the times and the exponent b of t ∝ N^b (target ~1).
+(3) the list build for cells 1–3 cutoffs wide: brute vs cell list.
+(4) MD with neighbour-list reuse: Lennard-Jones argon (float32, rc 8.5 Å, 50 K NVE, dt 5 fs),
+    time per step of `thermal.md` with the list rebuilt every step vs reused within a skin
+    (`neighbor_skin`, default 1 Å), against E + F alone on a fixed list (target: MD with skin
+    ≤ 1.3 × E + F).
 """
 from __future__ import annotations
 
@@ -161,6 +166,34 @@ def bench_small_cells(cutoff, repeat):
               f"{t['cells'] * 1e3:9.2f} {t['brute'] / t['cells']:12.2f}")
 
 
+def bench_md_skin(n_atoms, skin, steps=200, repeat=3):
+    """(4) MD step cost with and without neighbour-list reuse vs E + F on a fixed list."""
+    from curvax.potentials import LennardJones
+    from curvax.thermal import md as M
+
+    atoms = supercell(n_atoms)
+    system = from_atoms(atoms, dtype=jnp.float32)
+    pot = LennardJones(sigma=3.405, epsilon=0.0103, cutoff=8.5, r_inner=7.5).astype(jnp.float32)
+    m = atoms.get_masses()
+    v = M.maxwell_boltzmann(m, 50.0, seed=0)
+    spec, graph = allocate(system, pot.cutoff)
+    ef = eqx.filter_jit(lambda s, g: derivatives.properties(pot, s, g, stress=False)["forces"])
+    t_ef = timeit(ef, system, graph, repeat=repeat)[0]
+    print(f"== MD with neighbour-list reuse: LJ Ar, {len(atoms)} atoms, rc 8.5 Å, {jax.default_backend()}")
+    print(f"  E+F on a fixed list: {t_ef * 1e3:8.2f} ms")
+    for label, s_ in (("rebuild every step", 0.0), (f"skin {skin} Å", skin)):
+        md = M.dynamics(pot, m, 5.0, flux_route=None, neighbor_skin=s_)
+        state, aux = md.init(system, v)
+        jax.block_until_ready(md.apply(state, aux, steps))  # compile
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            jax.block_until_ready(md.apply(state, aux, steps))
+            times.append((time.perf_counter() - t0) / steps)
+        t = float(np.median(times))
+        print(f"  MD step, {label:>18}: {t * 1e3:8.2f} ms  = {t / t_ef:5.2f} × E+F")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="Nequix .nqx file")
@@ -172,12 +205,19 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--skip-nequix", action="store_true")
     p.add_argument("--skip-neighbors", action="store_true")
+    p.add_argument("--md-atoms", type=int, default=2048, help="atoms of the MD-with-skin benchmark (4)")
+    p.add_argument("--md-skin", type=float, default=1.0, help="neighbour skin of benchmark (4) [Å]")
+    p.add_argument("--only-md", action="store_true", help="run only benchmark (4)")
     args = p.parse_args(argv)
+    if args.only_md:
+        bench_md_skin(args.md_atoms, args.md_skin)
+        return 0
     if not args.skip_nequix:
         bench_nequix(args.model, args.nequix_atoms, args.repeat)
     if not args.skip_neighbors:
         bench_small_cells(8.5, args.repeat)
         bench_neighbors(args.min_atoms, args.max_atoms, args.points, args.cutoff, args.repeat)
+    bench_md_skin(args.md_atoms, args.md_skin)
     return 0
 
 

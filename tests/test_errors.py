@@ -30,7 +30,7 @@ def test_spec_cutoff_smaller_than_potential_cutoff():
     with pytest.raises(ValueError, match=r"cutoff 3\.0 Å \(capacity \d+ edges\).*cutoff 8\.0 Å"):
         compute(LJ, system, spec=spec)
     calc = calculator(LJ)
-    state = calc_module.NeighborState(spec, build(system, spec))
+    state = calc_module.NeighborState(spec, build(system, spec), system.positions, system.cell)
     with pytest.raises(ValueError, match="pairs would be missed"):
         calc.apply(system, state)
 
@@ -41,7 +41,7 @@ def test_capacity_too_small_is_flagged_or_reallocated():
     ref, good = compute(LJ, system)
     small = dataclasses.replace(good, capacity=good.capacity // 4)
     calc = calculator(LJ)
-    res, _ = calc.apply(system, calc_module.NeighborState(small, build(system, small)))
+    res, _ = calc.apply(system, calc_module.NeighborState(small, build(system, small), system.positions, system.cell))
     assert bool(res["overflow"])  # the (truncated) numbers come with the flag set
     assert not np.isclose(float(res["energy"]), float(ref["energy"]))  # ... and they are wrong
     res, spec = compute(LJ, system, spec=small)
@@ -59,7 +59,7 @@ def test_persistent_overflow_raises(monkeypatch):
         return dataclasses.replace(spec, capacity=4), graph
 
     monkeypatch.setattr(calc_module.neighbors, "allocate", stingy)
-    with pytest.raises(RuntimeError, match=r"cutoff 8\.0 Å, capacity 4 edges"):
+    with pytest.raises(RuntimeError, match=r"cutoff 8\.0 Å, capacity 4 edges.*pairs within 8\.0 Å > edge capacity 4"):
         compute(LJ, from_atoms(_argon()))
 
 

@@ -140,6 +140,50 @@ def test_overflow_when_cell_shrinks():
     assert bool(build(crowded, spec).overflow)
 
 
+def test_explain_overflow_names_the_capacity():
+    """The overflow message says which static size ran out: edges, a bin, or the geometry."""
+    from curvax.neighbors import explain_overflow
+
+    big = from_atoms(bulk("Ar", "fcc", a=5.26, cubic=True).repeat((4, 4, 4)))
+    spec, _ = allocate(big, 6.0, method="cells")
+    assert "no capacity is exceeded" in explain_overflow(big, spec)
+    assert "edge capacity" in explain_overflow(big, dataclasses.replace(spec, capacity=10))
+    crowded = big._replace(positions=big.positions * 0.2)
+    assert "bin capacity" in explain_overflow(crowded, spec)
+    shrunk = big._replace(positions=big.positions * 0.84, cell=big.cell * 0.84)
+    assert "too thin" in explain_overflow(shrunk, spec)
+
+
+@pytest.mark.parametrize("strain", [0.0, 0.004])
+def test_skin_reuse_equals_fresh_lists(strain):
+    """Calculator with a skin: after many small moves (and a slowly deforming cell) the forces
+    and stress equal a fresh computation to 1e-12 (float64), the list is reused on most calls
+    and rebuilt when `needs_rebuild` says so."""
+    from curvax.calculator import calculator, compute
+    from curvax.potentials import LennardJones
+
+    pot = LennardJones(sigma=3.405, epsilon=0.0103, cutoff=7.0, r_inner=6.0)
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((3, 3, 3))
+    atoms.rattle(0.05, seed=1)
+    system = from_atoms(atoms)
+    calc = calculator(pot, skin=1.0)
+    state = calc.init(system)
+    rng = np.random.default_rng(0)
+    x, cell, rebuilt = np.asarray(system.positions), np.asarray(system.cell), []
+    for k in range(30):
+        x = x + rng.normal(scale=0.03, size=x.shape)  # random walk: ≈ 0.16 Å rms drift after 30 steps
+        deform = np.eye(3) + strain * np.diag([1.0, -0.5, 0.3])
+        x, cell = x @ deform, cell @ deform
+        moved = system._replace(positions=x, cell=cell)
+        res, state = calc.apply(moved, state)
+        assert not bool(res["overflow"])
+        rebuilt.append(bool(res["rebuilt"]))
+        ref, _ = compute(pot, moved)
+        np.testing.assert_allclose(np.asarray(res["forces"]), ref["forces"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(res["stress"]), ref["stress"], rtol=0, atol=1e-12)
+    assert 1 <= sum(rebuilt) <= 15, rebuilt
+
+
 def test_jit_rebuild_follows_motion():
     """`build` under jit with a static spec re-finds neighbours after atoms move."""
     atoms = bulk("Ar", "fcc", a=5.26).repeat((6, 6, 6))

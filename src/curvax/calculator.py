@@ -5,6 +5,11 @@
     results, state = apply(system, state)   # jit-able; rebuilds the graph
     if results["overflow"]: state = init(system)  # re-allocate and call again
 
+With `skin > 0` the list is built at cutoff + skin and `apply` rebuilds it only when
+`neighbors.needs_rebuild` says an atom or the cell moved too far since the last build (at fixed
+cell: max |Δx| ≥ skin/2), as jax-md and glp do; `results["rebuilt"]` says whether it did. Worth
+it for cheap pair potentials (the build dominates); a message-passing model pays for the extra
+edges in every call, so skin = 0 (rebuild every call) is the default.
 `compute(potential, system)` does exactly that loop for one-off, non-jitted use.
 """
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Callable, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from curvax import derivatives, neighbors
@@ -25,8 +31,10 @@ jax.tree_util.register_static(NeighborSpec)
 
 
 class NeighborState(NamedTuple):
-    spec: NeighborSpec  # static shapes
+    spec: NeighborSpec  # static shapes (list cutoff = potential cutoff + skin)
     graph: Graph
+    positions: jnp.ndarray  # (N, 3) where `graph` was built [Å]
+    cell: jnp.ndarray  # (3, 3) the cell it was built in [Å]
 
 
 class CalculatorFns(NamedTuple):
@@ -36,24 +44,35 @@ class CalculatorFns(NamedTuple):
     apply: Callable  # apply(system, state) -> (results dict, state)
 
 
-def calculator(potential, stress: bool = True, virials: bool = False,
-               capacity_multiplier: float = 1.25, stress_route: str = "strain") -> CalculatorFns:
-    """Factory for the pure pair (init, calculate) of `potential`."""
+def calculator(potential, stress: bool = True, virials: bool = False, capacity_multiplier: float = 1.25,
+               stress_route: str = "strain", skin: float = 0.0) -> CalculatorFns:
+    """Factory for the pure pair (init, calculate) of `potential`; `skin` [Å]: neighbour-list
+    reuse (module doc)."""
+    if not skin >= 0:
+        raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
 
     def init(system: System) -> NeighborState:
         check_system(system)
         check_species(potential, system.numbers)
-        spec, graph = neighbors.allocate(system, potential.cutoff, capacity_multiplier)
-        return NeighborState(spec, graph)
+        spec, graph = neighbors.allocate(system, potential.cutoff + skin, capacity_multiplier)
+        return NeighborState(spec, graph, jnp.asarray(system.positions), jnp.asarray(system.cell))
 
     @eqx.filter_jit
     def apply(system: System, state: NeighborState):
         check_spec(potential, state.spec)  # static: checked once per compilation
-        graph = neighbors.build(system, state.spec)
+        if skin > 0:
+            stale = neighbors.needs_rebuild(system.positions, system.cell, state.positions, state.cell,
+                                            potential.cutoff, skin, system.pbc)
+            graph = jax.lax.cond(stale, lambda: neighbors.build(system, state.spec), lambda: state.graph)
+            ref_x = jnp.where(stale, system.positions, state.positions)
+            ref_c = jnp.where(stale, system.cell, state.cell)
+        else:
+            stale, ref_x, ref_c = jnp.array(True), system.positions, system.cell
+            graph = neighbors.build(system, state.spec)
         res = derivatives.properties(potential, system, graph, stress=stress, virials=virials,
                                      stress_route=stress_route)
-        res["overflow"] = graph.overflow
-        return res, NeighborState(state.spec, graph)
+        res["overflow"], res["rebuilt"] = graph.overflow, stale
+        return res, NeighborState(state.spec, graph, ref_x, ref_c)
 
     return CalculatorFns(init, apply)
 
@@ -88,8 +107,7 @@ def compute(potential, system: System, stress: bool = True, virials: bool = Fals
         last, spec = spec, None
     raise RuntimeError(
         f"neighbour list overflowed three times in a row (cutoff {last.cutoff} Å, capacity "
-        f"{last.capacity} edges, method {last.method}): the structure changes faster than "
-        f"re-allocation can follow; increase capacity_multiplier")
+        f"{last.capacity} edges, method {last.method}): {neighbors.explain_overflow(system, last)}")
 
 
 def check_spec(potential, spec: NeighborSpec) -> None:

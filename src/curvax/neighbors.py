@@ -18,6 +18,15 @@ Two search methods, chosen at allocation time:
 - "brute": all pairs × all periodic images within range, O(N² K); chosen for molecules and for
   cells thinner than 2 cutoffs (where a 1-bin cell list is the same search), including cells
   thinner than one cutoff (several images per axis are enumerated).
+
+Reuse with a skin (jax-md's `dr_threshold`, glp's `skin`): a list built at r_l = r_c + skin at
+(x⁰, C⁰) still holds every pair within r_c at (x, C) while
+
+    σ_min(C⁰⁻¹ C) · (r_l − 2 max_i |Δs_i C⁰|) > r_c,     Δs_i = x_i C⁻¹ − x⁰_i C⁰⁻¹
+
+(the fractional moves measured in the old cell, and the cell's deformation bounded by its
+smallest singular value; `needs_rebuild`). At fixed cell this is max_i |Δx_i| < skin/2.
+When a list overflows, `explain_overflow` names which capacity ran out and the fix.
 """
 from __future__ import annotations
 
@@ -253,6 +262,40 @@ def build(system: System, spec: NeighborSpec) -> Graph:
     s = jnp.where(mask[:, None], s, 0.0)
     overflow = (count > spec.capacity) | extra_overflow | _geometry_overflow(cell, spec)
     return Graph(senders=j, receivers=i, shifts=s, mask=mask, overflow=overflow)
+
+
+def needs_rebuild(positions, cell, ref_positions, ref_cell, cutoff: float, skin: float, pbc=(True, True, True)):
+    """True unless a list built at `cutoff + skin` [Å] at (ref_positions, ref_cell) still holds
+    every pair within `cutoff` at (positions, cell) (module doc; jit-able)."""
+    if not all(pbc):
+        drift = jnp.max(jnp.linalg.norm(positions - ref_positions, axis=-1))
+        return 2.0 * drift >= skin
+    inv0 = jnp.linalg.inv(ref_cell)
+    ds = positions @ jnp.linalg.inv(cell) - ref_positions @ inv0
+    drift = jnp.max(jnp.linalg.norm(ds @ ref_cell, axis=-1))
+    smin = jnp.min(jnp.linalg.svd(inv0 @ cell, compute_uv=False))
+    return ~(smin * (cutoff + skin - 2.0 * drift) > cutoff)
+
+
+def explain_overflow(system: System, spec: NeighborSpec) -> str:
+    """Which static size of `spec` no longer fits `system`, and the fix (host side): the edge
+    capacity, a cell-list bin's capacity, or the cell's geometry (thinner than the search grid)."""
+    cell = _complete_cell(jnp.asarray(system.cell), spec.pbc)
+    reasons = []
+    if bool(_geometry_overflow(cell, spec)):
+        reasons.append(f"the cell became too thin for the {spec.method} search chosen at allocation "
+                       f"(images {spec.images}, bins {spec.bins}) — re-allocate for the new cell")
+    if spec.method == "cells":
+        xw, _ = _wrap(system.positions, cell, spec.pbc)
+        peak = int(np.bincount(np.asarray(_bin_index(xw, cell, spec.bins))).max())
+        if peak > spec.bin_capacity:
+            reasons.append(f"a cell-list bin holds {peak} atoms > bin capacity {spec.bin_capacity} "
+                           f"(atoms crowded together) — re-allocate or raise capacity_multiplier")
+    count = int(_count_pairs(system, dataclasses.replace(spec, capacity=1)))
+    if count > spec.capacity:
+        reasons.append(f"{count} pairs within {spec.cutoff} Å > edge capacity {spec.capacity} "
+                       f"(structure compressed or atoms clustered) — re-allocate or raise capacity_multiplier")
+    return "; ".join(reasons) or "no capacity is exceeded now (the overflow was transient)"
 
 
 def edge_vectors(positions, cell, graph: Graph):

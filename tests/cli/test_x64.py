@@ -65,6 +65,15 @@ def test_phonons(precision, loaded, argon, tmp_path):
 
 
 @pytest.mark.parametrize("precision", FLAGS)
+def test_screen(precision, loaded, argon, tmp_path):
+    assert main(FLAGS[precision] + ["screen", str(argon / "start.extxyz"), "--model", LJ, "--supercell-min-length",
+                                    "8", "--mesh", "4", "4", "4", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert loaded == [jnp.dtype(precision)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_ok"] == 1 and summary["settings"]["x64"] == (precision == "float64")
+
+
+@pytest.mark.parametrize("precision", FLAGS)
 def test_kappa(precision, loaded, argon, tmp_path):
     out = tmp_path / "kappa.json"
     assert main(FLAGS[precision] + ["kappa", str(argon / "POSCAR"), "--model", LJ, "--supercell", "2", "2", "2",

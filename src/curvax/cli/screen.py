@@ -42,6 +42,9 @@ def add_parser(subparsers):
     p.add_argument("--limit", type=positive_int, default=None,
                    help="only the first N structures (phonondb: manifest order, smallest supercells first)")
     p.add_argument("--width", type=positive_int, default=8, help="HVPs per compiled call (memory ∝ width)")
+    p.add_argument("--max-edges", type=positive_int, default=16384,
+                   help="padded edges per HVP call at most (fewer HVPs per call for large supercells; "
+                        "Nequix MP float32 needs ≈ 0.5 MB per edge)")
     p.add_argument("--group", type=positive_int, default=16,
                    help="structures relaxed and batched together (a kill loses at most one group)")
     p.add_argument("--restart", action="store_true", help="discard the results already in --out")
@@ -62,7 +65,8 @@ def run(args) -> int:
                 "x64": args.x64, "limit": args.limit}
     summary = screen(entries, pot, out, relax=args.relax, min_length=args.supercell_min_length,
                      temperatures=args.temperature, mesh=mesh, max_supercell_atoms=args.max_supercell_atoms,
-                     fmax=args.fmax, relax_steps=args.relax_steps, width=args.width, group=args.group,
+                     fmax=args.fmax, relax_steps=args.relax_steps, width=args.width, max_edges=args.max_edges,
+                     group=args.group,
                      settings=settings, restart=args.restart, progress=not args.no_progress)
     run_ = summary["this_run"]
     print(f"screened {summary['n_structures']} structures ({summary['n_ok']} ok, {summary['n_failed']} failed, "

@@ -18,13 +18,14 @@ FORCE_SETS, same supercell, mesh and temperatures). Errors are model − DFT.
 
 Compile once per shape: structures are taken `group` at a time in order of size; within a group
 each supercell is padded to `batch.bucket_shape` of its (atoms, edges), and the HVP probes of all
-structures of one bucket go through one vmapped program (`hessian.hvp_batch`), `width` probes
-per call. Compilations grow with the number of buckets, not of structures, and the model's
+structures of one bucket go through one vmapped program (`hessian.hvp_batch`), up to `width`
+probes per call and at most `max_edges` padded edges per call (memory: Nequix MP needs ≈ 0.5 MB
+per edge for an HVP in float32, so the default 16 384 edges ≈ 8 GB). Compilations grow with the number of buckets, not of structures, and the model's
 parameters are arguments, so a second model of the same architecture reuses the programs.
 
 Resume: every finished structure (or its error row) is appended to `results.jsonl` at once, and
-a rerun with the same settings (`settings.json`) skips the ids already there; a line cut by a
-kill is dropped. `results.csv`, `summary.json`, `parity.png`, `errors.png` are rewritten at the end.
+a rerun with the same settings (`settings.json`; only `limit` may grow) skips the ids already
+there; a line cut by a kill is dropped. `results.csv`, `summary.json`, `parity.png`, `errors.png` are rewritten at the end.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ THZ_TO_K = 47.99243       # h/k_B [K/THz]: ω_max in K = ν_max [THz] × THZ_TO_
 UNITS = {"max_frequency": "THz", "entropy": "J/K/mol", "free_energy": "kJ/mol", "heat_capacity": "J/K/mol"}
 SHORT = {"max_frequency": "nu_max", "entropy": "S", "free_energy": "F", "heat_capacity": "Cv"}
 LOG, SETTINGS = "results.jsonl", "settings.json"
+MAY_CHANGE = ("limit",)  # settings a resumed run may change (a screen extended to more structures)
 
 
 class ScreenEntry(NamedTuple):
@@ -191,16 +193,17 @@ class _Job(NamedTuple):
 
 def screen(entries: list[ScreenEntry], potential, out, *, relax: bool = False, min_length: float = 10.0,
            temperatures=(REFERENCE_T,), mesh=DEFAULT_MESH, max_supercell_atoms: int = 256,
-           fmax: float = 5e-3, relax_steps: int = 500, width: int = 8, group: int = 16,
-           settings: dict | None = None, restart: bool = False, progress: bool = True) -> dict:
+           fmax: float = 5e-3, relax_steps: int = 500, width: int = 8, max_edges: int = 16384,
+           group: int = 16, settings: dict | None = None, restart: bool = False, progress: bool = True) -> dict:
     """Screen `entries` with `potential`, writing to the folder `out` (see the module docstring).
 
     relax: relax positions + cell first (FIRE to `fmax` [eV/Å] within `relax_steps`).
     min_length [Å]: supercell widths. temperatures [K]: F, S, Cv at each (300 K is always
     included for the references). mesh: phonopy q mesh (length [Å] or 3 ints).
-    max_supercell_atoms: larger supercells are error rows. width: HVPs per compiled call (a
-    bucket's probes wait until `width` are queued, across groups; the rest run padded at the
-    end). group: structures loaded and relaxed together.
+    max_supercell_atoms: larger supercells are error rows. width: HVPs per compiled call, fewer
+    where width × padded edges would exceed `max_edges` (a bucket's probes wait until a call is
+    full, across groups; the rest run padded at the end). group: structures loaded and relaxed
+    together.
     settings: JSON-able record of the run (model, input, options) kept in settings.json; a
     rerun resumes only under the same settings unless `restart`. Returns the summary dict."""
     from tqdm.auto import tqdm
@@ -215,7 +218,7 @@ def screen(entries: list[ScreenEntry], potential, out, *, relax: bool = False, m
     done = _resume(out, record, restart)
     todo = sorted((e for e in entries if e.id not in done), key=lambda e: e.size)
     compiles, t0 = compile_events(), time.time()
-    queues = _HVPQueues(potential, width)
+    queues = _HVPQueues(potential, width, max_edges)
     with tqdm(total=len(entries), initial=len(entries) - len(todo), desc="screen", unit="structure",
               disable=not progress) as bar, open(out / LOG, "a") as log:
 
@@ -258,7 +261,7 @@ def _resume(out: Path, record: dict, restart: bool) -> dict:
     if log.is_file():
         old = json.loads(stored.read_text()) if stored.is_file() else {}
         diff = [f"{k}: {old.get(k)!r} → {record.get(k)!r}" for k in sorted(set(old) | set(record))
-                if old.get(k) != record.get(k)]
+                if old.get(k) != record.get(k) and k not in MAY_CHANGE]
         if diff:
             raise ValueError(f"{out} holds a screening run with different settings: " + "; ".join(diff)
                              + ". Rerun with --restart to start afresh, or choose another --out")
@@ -367,12 +370,16 @@ def _job(e: ScreenEntry, atoms, dft, potential, min_length, max_atoms, relaxed) 
 
 
 class _HVPQueues:
-    """Per bucket shape, a queue of (job, probe) HVPs evaluated `width` at a time by one vmapped
-    compiled program (`hessian.hvp_batch`); a job is returned once all its probes are done."""
+    """Per bucket shape, a queue of (job, probe) HVPs evaluated by one vmapped compiled program
+    (`hessian.hvp_batch`), `width(shape)` at a time; a job is returned once all its probes are done."""
 
-    def __init__(self, potential, width: int):
-        self.potential, self.width, self.calls = potential, width, 0
+    def __init__(self, potential, width: int, max_edges: int):
+        self.potential, self.max_width, self.max_edges, self.calls = potential, width, max_edges, 0
         self.queues, self.results = {}, {}
+
+    def width(self, shape) -> int:
+        """Probes per call for a padded (atoms, edges) shape: ≤ `width`, ≤ max_edges / edges, ≥ 1."""
+        return max(1, min(self.max_width, self.max_edges // shape[1]))
 
     def add(self, job: _Job) -> None:
         self.results[id(job)] = (job, np.empty(job.probes.shape), len(job.probes))
@@ -386,10 +393,11 @@ class _HVPQueues:
         from curvax.hessian import hvp_batch
 
         for shape, queue in self.queues.items():
-            while len(queue) >= self.width or (queue and not full_only):
-                part, queue[:] = queue[:self.width], queue[self.width:]
-                calls = part + part[:1] * (self.width - len(part))
-                vs = np.zeros((self.width, shape[0], 3), dtype=part[0][0].probes.dtype)
+            width = self.width(shape)
+            while len(queue) >= width or (queue and not full_only):
+                part, queue[:] = queue[:width], queue[width:]
+                calls = part + part[:1] * (width - len(part))
+                vs = np.zeros((width, shape[0], 3), dtype=part[0][0].probes.dtype)
                 for b, (job, p) in enumerate(calls):
                     vs[b, :job.probes.shape[1]] = job.probes[p]
                 structures = [job.padded for job, _ in calls]
@@ -487,7 +495,9 @@ def _write_outputs(out: Path, rows: list[dict], summary: dict) -> None:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write(out / "results.csv", buf.getvalue())
     atomic_write(out / "summary.json", json.dumps(summary, indent=1))
-    plot_parity(rows, out / "parity.png", out / "errors.png", title=summary["settings"].get("model", ""))
+    settings = summary["settings"]
+    title = " on ".join(Path(str(settings[k])).name for k in ("model", "structures") if settings.get(k))
+    plot_parity(rows, out / "parity.png", out / "errors.png", title=title)
 
 
 def plot_parity(rows: list[dict], parity_png, errors_png, title: str = "") -> bool:
@@ -528,7 +538,7 @@ def plot_parity(rows: list[dict], parity_png, errors_png, title: str = "") -> bo
                 ax.set_xlabel(f"model − DFT, {label[q]}")
                 ax.set_ylabel("structures")
             ax.legend(fontsize=8, loc="upper left")
-        fig.suptitle(f"{'Parity' if kind == 'parity' else 'Errors'} vs DFT: {Path(str(title)).name}")
+        fig.suptitle(f"{'Parity' if kind == 'parity' else 'Errors'} vs DFT" + (f": {title}" if title else ""))
         fig.tight_layout()
         atomic_write(filename, lambda tmp, fig=fig: fig.savefig(tmp, dpi=120, format="png"))
         plt.close(fig)

@@ -112,7 +112,7 @@ def zero_momentum(velocities, masses):
 
 def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", temperature: float = 0.0,
              friction: float = 0.0, sample_every: int = 1, skin: float = 1.0,
-             capacity_multiplier: float = 1.25) -> Dynamics:
+             capacity_multiplier: float = 1.25, neighbor_skin: float = 0.0) -> Dynamics:
     """Factory of a velocity-Verlet (friction = 0: NVE) or Langevin (friction γ > 0 [1/fs] at
     `temperature` [K]) integrator with time step `dt` [fs], recording energies and the heat flux
     every `sample_every` steps.
@@ -122,6 +122,10 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
     The steps use the plain periodic force pass; at each sample the flux route is evaluated once
     at the sampled (x, v) (it cannot share the force pass: J needs the final velocities, which
     need those forces). Cost per frame: sample_every force passes + one flux evaluation.
+    skin [Å]: of the flux route's unfolding. neighbor_skin [Å]: the force pass's neighbour list
+    is built at cutoff + neighbor_skin and rebuilt only when an atom has moved ≥ neighbor_skin/2
+    since the last build (`neighbors.needs_rebuild`; fresh at every chunk start); 0 rebuilds it
+    every step (best for message-passing models, which pay for the extra edges in every pass).
     """
 
     masses = jnp.asarray(masses)
@@ -130,26 +134,37 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
         raise ValueError(f"sample_every must be ≥ 1, got {sample_every}")
     if dt <= 0:
         raise ValueError(f"time step must be > 0 fs, got {dt}")
+    if not neighbor_skin >= 0:
+        raise ValueError(f"neighbor_skin must be ≥ 0 Å, got {neighbor_skin}")
     flux = None if flux_route is None else heat_flux(potential, masses, flux_route, skin=skin,
                                                      capacity_multiplier=capacity_multiplier)
     langevin = friction > 0.0
     if langevin and temperature <= 0.0:
         raise ValueError("Langevin thermostat needs temperature > 0 K")
 
-    def forces_of(system, spec):
-        graph = neighbors.build(system, spec)
+    def forces_of(system, spec, graph=None, ref_x=None):
+        """Energy, per-atom energies, forces, overflow, and the (graph, ref_x) to carry: the
+        list is rebuilt unless a skin is set and `neighbors.needs_rebuild` allows the reuse."""
+        if graph is None or neighbor_skin == 0:
+            graph, ref_x = neighbors.build(system, spec), system.positions
+        else:
+            stale = neighbors.needs_rebuild(system.positions, system.cell, ref_x, system.cell, potential.cutoff,
+                                            neighbor_skin, system.pbc)
+            graph = jax.lax.cond(stale, lambda: neighbors.build(system, spec), lambda: graph)
+            ref_x = jnp.where(stale, system.positions, ref_x)
         res = derivatives.properties(potential, system, graph, stress=False)
-        return res["energy"], res["energies"], res["forces"], graph.overflow
+        return res["energy"], res["energies"], res["forces"], graph.overflow, (graph, ref_x)
 
     def init(system: System, velocities, key=None):
         """Allocate the neighbour list (and flux state); initial forces. Returns (state, aux)."""
         check_species(potential, system.numbers)
-        spec, _ = neighbors.allocate(system, potential.cutoff, capacity_multiplier)
+        spec, _ = neighbors.allocate(system, potential.cutoff + neighbor_skin, capacity_multiplier)
         fstate = None if flux is None else flux.init(system)
         v = jnp.asarray(velocities, system.positions.dtype)
-        _, _, f, overflow = eqx.filter_jit(forces_of)(system, spec)
+        _, _, f, overflow, _ = eqx.filter_jit(forces_of)(system, spec)
         if bool(overflow):
-            raise RuntimeError("neighbour list overflowed right after allocation")
+            raise RuntimeError("neighbour list overflowed right after allocation: "
+                               + neighbors.explain_overflow(system, spec))
         key = jax.random.PRNGKey(0) if key is None else key
         return MDState(system, v, f, key), (spec, fstate)
 
@@ -171,19 +186,20 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
         template = state.system  # static pbc stays out of the scan carry (positions are carried)
 
         def step(carry, _):
-            (x, v, f, key), _, _, ovf = carry
+            (x, v, f, key), _, _, ovf, nbrs = carry
             v, key = o_step(v, key)
             v = v + 0.5 * dt * f * inv_m
             x = x + dt * v
-            e, ei, f, overflow = forces_of(template._replace(positions=x), spec)
+            e, ei, f, overflow, nbrs = forces_of(template._replace(positions=x), spec, *nbrs)
             v = v + 0.5 * dt * f * inv_m
             v, key = o_step(v, key)
-            return ((x, v, f, key), e, ei, ovf | overflow), None
+            return ((x, v, f, key), e, ei, ovf | overflow, nbrs), None
 
-        def sample(c, _):
+        def sample(carry, _):
+            c, nbrs = carry
             z = jnp.zeros((), dtype)
-            init_carry = (c, z, jnp.zeros(template.positions.shape[0], dtype), jnp.array(False))
-            (c, e, ei, ovf), _ = jax.lax.scan(step, init_carry, None, length=sample_every)
+            init_carry = (c, z, jnp.zeros(template.positions.shape[0], dtype), jnp.array(False), nbrs)
+            (c, e, ei, ovf, nbrs), _ = jax.lax.scan(step, init_carry, None, length=sample_every)
             x, v = c[0], c[1]
             ke_i = kinetic_energies(v, mass)
             if flux is None:
@@ -192,10 +208,11 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
             else:
                 hf = flux.apply(template._replace(positions=x), v, fstate)
                 jpot, jconv, ovf = hf.flux_potential, hf.flux_convective, ovf | hf.overflow
-            return c, Frame(e, jnp.sum(ke_i), jpot + jconv, jpot, ovf)
+            return (c, nbrs), Frame(e, jnp.sum(ke_i), jpot + jconv, jpot, ovf)
 
         c0 = (state.system.positions, state.velocities, state.forces, state.key)
-        (x, v, f, key), frames = jax.lax.scan(sample, c0, None, length=n_samples)
+        nbrs0 = (neighbors.build(state.system, spec), state.system.positions)
+        ((x, v, f, key), _), frames = jax.lax.scan(sample, (c0, nbrs0), None, length=n_samples)
         return MDState(template._replace(positions=x), v, f, key), frames
 
     return Dynamics(init, apply, masses, float(dt), sample_every)
