@@ -4,19 +4,26 @@
     .venv/bin/python benchmarks/bench_core.py                      # defaults (CPU: a few minutes)
     .venv/bin/python benchmarks/bench_core.py --max-atoms 100000   # full 1k -> 100k sweep
 
-(1) forces of a Nequix model on one fixed graph, timed three ways (float32, jit, median of
-    `--repeat` calls after compilation):
+(1) forces of a Nequix model on one fixed graph, timed several ways (float32, jit, median of
+    `--repeat` calls after compilation, interleaved):
       raw      F = -∂/∂x Σ_i model.node_energies(r_ij(x), species, senders, receivers)
       curvax   derivatives.properties(..., stress=False)  (energy, per-atom energies, forces)
       curvax+σ derivatives.properties(..., stress=True)   (strain route: forces and stress)
-    and the ratios curvax/raw (target ~1).
+      HVP      curvax.hessian.hvp, one column
+      authors  nequix.calculator.NequixCalculator.get_forces (ASE, JAX backend, graph rebuilt
+               per call, as a user runs it), where the nequix package is installed
+    and the ratios to raw (target ~1 for curvax).
 (2) neighbours.build (cell list, jit, graph already allocated) for fcc Ar supercells from
     `--min-atoms` to `--max-atoms`; prints the times and the exponent b of t ∝ N^b (target ~1).
-(3) the list build for cells 1–3 cutoffs wide: brute vs cell list.
+(3) the list build for cells 1–4.6 cutoffs wide: brute, minimum image, cell list.
 (4) MD with neighbour-list reuse: Lennard-Jones argon (float32, rc 8.5 Å, 50 K NVE, dt 5 fs),
     time per step of `thermal.md` with the list rebuilt every step vs reused within a skin
     (`neighbor_skin`, default 1 Å), against E + F alone on a fixed list (target: MD with skin
     ≤ 1.3 × E + F).
+(5) jax-md side by side (optional: only where `jax_md` imports; not a curvax dependency —
+    e.g. `pip install --target /tmp/jaxmd jax-md==0.2.29` and PYTHONPATH=/tmp/jaxmd): LJ argon
+    fcc, rc 8.5 Å, float64, list rebuilt every call: (a) list build, (b) list + E + F, (c) E + F
+    on a fixed list, curvax / jax-md per N (`--jaxmd-atoms`; target (b) ≤ 1.2).
 """
 from __future__ import annotations
 
@@ -102,10 +109,39 @@ def bench_nequix(model_path, n_atoms, repeat):
         res = derivatives.properties(pot, system, graph, stress=True, stress_route="edges")
         return res["forces"], res["stress"]
 
+    from curvax.hessian import hvp
+
+    @eqx.filter_jit
+    def curvax_hvp(pot, system, graph, v):
+        return hvp(pot, system, graph, v)
+
+    v = jnp.zeros_like(system.positions).at[0, 0].set(1.0)
+
+    def authors_calculator():
+        """The model authors' ASE calculator (nequix.calculator.NequixCalculator, JAX backend)."""
+        from nequix.calculator import NequixCalculator
+
+        calc = NequixCalculator(model_path=str(model_path), backend="jax", use_kernel=False)
+        a = atoms.copy()
+        a.calc = calc
+
+        def forces(k):
+            a.positions[0, 0] += 1e-6 * (-1) ** k  # a new geometry each call (no ASE result cache)
+            return a.get_forces()
+        return forces
+
+    try:
+        nequix_forces = authors_calculator()
+    except ImportError:
+        nequix_forces = None
     calls = {"raw node_energies grad": (raw_forces, (pot.model, system.positions, graph)),
              "curvax forces": (curvax_forces, (pot, system, graph)),
              "curvax forces+stress (strain)": (curvax_forces_stress, (pot, system, graph)),
-             "curvax forces+stress (edges)": (curvax_forces_stress_edges, (pot, system, graph))}
+             "curvax forces+stress (edges)": (curvax_forces_stress_edges, (pot, system, graph)),
+             "curvax HVP (fwd-over-rev)": (curvax_hvp, (pot, system, graph, v))}
+    if nequix_forces is not None:
+        counter = iter(range(10 ** 6))
+        calls["NequixCalculator forces+stress"] = (lambda: nequix_forces(next(counter)), ())
     t = timeit_interleaved(calls, repeat=repeat)
     err = float(jnp.max(jnp.abs(raw_forces(pot.model, system.positions, graph)
                                 - curvax_forces(pot, system, graph))))
@@ -145,25 +181,28 @@ def bench_neighbors(min_atoms, max_atoms, points, cutoff, repeat):
 
 
 def bench_small_cells(cutoff, repeat):
-    """(3) the list build for cells from 1 to 3 cutoffs wide: what `allocate` picks vs the
-    other search (fcc Ar conventional supercells, rattled), ratio brute / cells."""
+    """(3) the list build for cells from 1 to 3 cutoffs wide and up to 1372 atoms: each search
+    (multi-image brute, minimum image, cell list) and what `allocate` picks."""
     print(f"== Neighbour list, small cells (cutoff {cutoff} Å, fcc Ar a = 5.26 Å, {jax.default_backend()})")
-    print(f"  {'atoms':>6} {'bins':>10} {'auto':>6} {'brute ms':>9} {'cells ms':>9} {'brute/cells':>12}")
-    for n in (2, 3, 4, 5):
+    print(f"  {'atoms':>6} {'bins':>10} {'auto':>9} {'brute ms':>9} {'minimage ms':>12} {'cells ms':>9}")
+    for n in (2, 3, 4, 5, 6, 7):
         atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((n, n, n))
         atoms.rattle(0.05, seed=0)
         system = from_atoms(atoms, dtype=jnp.float32)
         auto, _ = allocate(system, cutoff)
         t = {}
-        for method in ("brute", "cells"):
+        for method in ("brute", "minimage", "cells"):
+            if method == "brute" and len(atoms) > 500:  # (N, N, 27, 3) candidates: GBs
+                t[method] = float("nan")
+                continue
             try:
                 spec, _ = allocate(system, cutoff, method=method)
             except ValueError:
                 t[method] = float("nan")
                 continue
             t[method] = timeit(build, system, spec, repeat=repeat)[0]
-        print(f"  {len(atoms):6d} {str(auto.bins):>10} {auto.method:>6} {t['brute'] * 1e3:9.2f} "
-              f"{t['cells'] * 1e3:9.2f} {t['brute'] / t['cells']:12.2f}")
+        print(f"  {len(atoms):6d} {str(auto.bins):>10} {auto.method:>9} {t['brute'] * 1e3:9.2f} "
+              f"{t['minimage'] * 1e3:12.2f} {t['cells'] * 1e3:9.2f}")
 
 
 def bench_md_skin(n_atoms, skin, steps=200, repeat=3):
@@ -194,6 +233,47 @@ def bench_md_skin(n_atoms, skin, steps=200, repeat=3):
         print(f"  MD step, {label:>18}: {t * 1e3:8.2f} ms  = {t / t_ef:5.2f} × E+F")
 
 
+def bench_vs_jaxmd(sizes, repeat=5):
+    """(5) curvax vs jax-md (Lennard-Jones, float64, rc 8.5 Å, dense jax-md neighbour format)."""
+    try:
+        from jax_md import energy as jm_energy
+        from jax_md import space as jm_space
+    except ImportError:
+        print("== jax-md comparison skipped: jax_md is not importable (see the module doc)")
+        return
+    from curvax.potentials import LennardJones
+
+    jax.config.update("jax_enable_x64", True)
+    rc, sigma, eps = 8.5, 3.405, 0.0103
+    pot = LennardJones(sigma=sigma, epsilon=eps, cutoff=rc, r_inner=7.5).astype(jnp.float64)
+    print(f"== curvax vs jax-md: LJ Ar fcc, rc {rc} Å, float64, {jax.default_backend()}, median of {repeat} "
+          f"(interleaved); ratios curvax / jax-md")
+    print(f"  {'atoms':>7} {'build':>8} {'list+E+F':>9} {'E+F fixed':>10}   (curvax ms / jax-md ms)")
+    for n in sizes:
+        atoms = supercell(n)
+        system = from_atoms(atoms, dtype=jnp.float64)
+        box = float(atoms.cell[0, 0])
+        R = jnp.asarray(atoms.positions % box)
+        disp, _ = jm_space.periodic(box)
+        nfn, efn = jm_energy.lennard_jones_neighbor_list(disp, box, sigma=sigma, epsilon=eps, r_onset=7.5 / sigma,
+                                                         r_cutoff=rc / sigma, dr_threshold=0.0)
+        nbrs = nfn.allocate(R)
+        spec, graph = allocate(system, rc)
+
+        jm_build = jax.jit(lambda r, nb: nb.update(r))
+        jm_all = jax.jit(lambda r, nb: jax.grad(efn)(r, nb.update(r)))
+        jm_ef = jax.jit(lambda r, nb: (efn(r, nb), jax.grad(efn)(r, nb)))
+        cx_build = build
+        cx_all = eqx.filter_jit(lambda s: derivatives.properties(pot, s, build(s, spec), stress=False)["forces"])
+        cx_ef = eqx.filter_jit(lambda s, g: derivatives.properties(pot, s, g, stress=False)["forces"])
+        t = timeit_interleaved({"cb": (cx_build, (system, spec)), "jb": (jm_build, (R, nbrs)),
+                                "ca": (cx_all, (system,)), "ja": (jm_all, (R, nbrs)),
+                                "ce": (cx_ef, (system, graph)), "je": (jm_ef, (R, nbrs))}, repeat=repeat)
+        cells = [(t[c][0], t[j][0]) for c, j in (("cb", "jb"), ("ca", "ja"), ("ce", "je"))]
+        print(f"  {len(atoms):7d} " + " ".join(f"{a / b:>8.2f}" for a, b in cells) + "   ("
+              + ", ".join(f"{a * 1e3:.1f}/{b * 1e3:.1f}" for a, b in cells) + ")")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="Nequix .nqx file")
@@ -207,10 +287,13 @@ def main(argv=None):
     p.add_argument("--skip-neighbors", action="store_true")
     p.add_argument("--md-atoms", type=int, default=2048, help="atoms of the MD-with-skin benchmark (4)")
     p.add_argument("--md-skin", type=float, default=1.0, help="neighbour skin of benchmark (4) [Å]")
-    p.add_argument("--only-md", action="store_true", help="run only benchmark (4)")
+    p.add_argument("--only-md", action="store_true", help="run only benchmarks (4) and (5)")
+    p.add_argument("--jaxmd-atoms", type=int, nargs="+", default=[256, 2048, 16384],
+                   help="sizes of the jax-md comparison (5)")
     args = p.parse_args(argv)
     if args.only_md:
         bench_md_skin(args.md_atoms, args.md_skin)
+        bench_vs_jaxmd(args.jaxmd_atoms, args.repeat)
         return 0
     if not args.skip_nequix:
         bench_nequix(args.model, args.nequix_atoms, args.repeat)
@@ -218,6 +301,7 @@ def main(argv=None):
         bench_small_cells(8.5, args.repeat)
         bench_neighbors(args.min_atoms, args.max_atoms, args.points, args.cutoff, args.repeat)
     bench_md_skin(args.md_atoms, args.md_skin)
+    bench_vs_jaxmd(args.jaxmd_atoms, args.repeat)
     return 0
 
 

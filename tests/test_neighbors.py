@@ -56,28 +56,32 @@ def test_brute_matches_ase(n_rep, cutoff):
 
 
 def test_cells_and_brute_agree_large():
-    """1000+ atoms: the O(N) cell list gives exactly ASE's pairs (and the brute list's)."""
-    atoms = bulk("Ar", "fcc", a=5.26).repeat((7, 7, 6))  # 1176 atoms
+    """294 atoms, skewed cell: the O(N) cell list, the minimum-image and the brute search give
+    exactly ASE's pairs."""
+    atoms = bulk("Ar", "fcc", a=5.26).repeat((7, 7, 6))  # 294 atoms
     atoms.set_cell(atoms.cell.array @ np.array([[1.0, 0.1, 0.0], [0.0, 1.0, 0.05], [0.05, 0.0, 1.0]]),
                    scale_atoms=True)
     atoms.rattle(0.2, seed=1)
     cutoff = 6.0
     system = from_atoms(atoms)
     spec_c, g_c = allocate(system, cutoff, method="cells")
-    spec_a, g_a = allocate(system, cutoff)  # auto picks cells here
-    assert spec_c.method == spec_a.method == "cells" and min(spec_c.bins) >= 3
+    spec_a, g_a = allocate(system, cutoff)  # auto: minimage (≤ MINIMAGE_MAX_ATOMS atoms)
+    assert spec_a.method == "minimage" and min(spec_c.bins) >= 3
     assert not bool(g_c.overflow)
     ref = _ase_pairs(atoms, cutoff)
     assert _pairs(g_c) == ref
     spec_b, g_b = allocate(system, cutoff, method="brute")
     assert _pairs(g_b) == ref
+    spec_m, g_m = allocate(system, cutoff, method="minimage")
+    assert _pairs(g_m) == ref
 
 
 @pytest.mark.parametrize("width", [0.98, 1.02, 1.5, 1.98, 2.02, 2.6])
 def test_cell_list_exact_around_one_and_two_cutoffs(width):
     """Cells from just under 1 to 2.6 cutoffs wide (triclinic, rattled, few atoms): the cell list
     (1 or 2 bins per axis: neighbouring bins repeat with other image offsets) gives exactly
-    ASE's pairs; `auto` takes it from 2 cutoffs on, the brute search below."""
+    ASE's pairs, and so does the minimum-image search from 2 cutoffs on (`auto` takes it there for
+    few atoms, the multi-image brute search below)."""
     cutoff = 4.0
     atoms = _triclinic((1, 1, 1), a=3.6)
     spacing = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array).T, axis=1)
@@ -87,8 +91,16 @@ def test_cell_list_exact_around_one_and_two_cutoffs(width):
     system = from_atoms(atoms)
     ref = _ase_pairs(atoms, cutoff)
     auto, g_auto = allocate(system, cutoff)
-    assert auto.method == ("cells" if width >= 2 else "brute")
+    assert auto.method == ("minimage" if width >= 2 else "brute")
     assert _pairs(g_auto) == ref and not bool(g_auto.overflow)
+    if width >= 2:  # the minimum image is exact from 2 cutoffs on, and refused below
+        spec, g = allocate(system, cutoff, method="minimage")
+        assert _pairs(g) == ref and not bool(g.overflow)
+        squeezed = system._replace(positions=system.positions * 0.97, cell=system.cell * 0.97)
+        assert bool(build(squeezed, spec).overflow) == (width * 0.97 < 2)
+    else:
+        with pytest.raises(ValueError, match="at least 2 cutoffs wide"):
+            allocate(system, cutoff, method="minimage")
     if width >= 1:
         spec, g = allocate(system, cutoff, method="cells")
         assert min(spec.bins) == int(width) and _pairs(g) == ref and not bool(g.overflow)

@@ -10,11 +10,15 @@ Every pair within the cutoff appears in both directions. Arrays have a fixed `ca
 has changed so that the static search grid no longer covers the cutoff, `overflow` is True
 and the caller must re-`allocate` (glp / jax-md style).
 
-Two search methods, chosen at allocation time:
+Three search methods, chosen at allocation time:
+- "minimage": all pairs, each at its minimum image S = −round(s_j − s_i) (fractional s), O(N²)
+  but no image loop; exact when every lattice-plane spacing h_a ≥ 2 r_c (a vector shorter than
+  r_c then has fractional components |·| < r_c/h_a ≤ ½, so the rounded image is the only one).
+  Chosen for such cells up to MINIMAGE_MAX_ATOMS atoms, where it beats the cell list.
 - "cells": a cell list with bins at least one cutoff wide, O(N); each atom looks at its 27
   neighbouring bins with their image offsets, which stay distinct (bin, image) pairs for any
   number of bins ≥ 1, so it is exact for every cell at least one cutoff wide. Chosen for
-  periodic cells at least 2 cutoffs wide along each axis, for any N.
+  larger periodic cells at least 2 cutoffs wide along each axis.
 - "brute": all pairs × all periodic images within range, O(N² K); chosen for molecules and for
   cells thinner than 2 cutoffs (where a 1-bin cell list is the same search), including cells
   thinner than one cutoff (several images per axis are enumerated).
@@ -43,6 +47,7 @@ from curvax.protocol import InitApply
 from curvax.system import System
 
 PAD_BOND_LENGTH = 1.0e3  # Å; padded edges get a bond this long, far beyond any cutoff
+MINIMAGE_MAX_ATOMS = 1024  # "minimage" (O(N²), one image) below, "cells" above (benchmarks/README.md)
 
 
 class Graph(NamedTuple):
@@ -65,7 +70,7 @@ class NeighborSpec:
 
     cutoff: float
     capacity: int
-    method: str  # "brute" | "cells"
+    method: str  # "minimage" | "cells" | "brute"
     images: tuple = (0, 0, 0)  # brute: image range per axis
     bins: tuple = (1, 1, 1)  # cells: number of bins per axis
     bin_capacity: int = 0
@@ -116,8 +121,14 @@ def allocate(system: System, cutoff: float, capacity_multiplier: float = 1.25,
         bins = tuple(int(np.floor(s / cutoff)) for s in spacing)
     else:
         images, bins = (0, 0, 0), (1, 1, 1)
-    if method == "auto":  # the cell list wins from 2 bins per axis on (benchmarks/README.md)
-        method = "cells" if (all(pbc) and min(bins) >= 2) else "brute"
+    if method == "auto":  # benchmarks/README.md: minimage for small cells, the cell list for large
+        if all(pbc) and min(bins) >= 2:
+            method = "minimage" if system.positions.shape[0] <= MINIMAGE_MAX_ATOMS else "cells"
+        else:
+            method = "brute"
+    if method == "minimage" and (not all(pbc) or min(_plane_spacings(cell)) < 2 * cutoff):
+        raise ValueError(f"minimum-image search needs a periodic cell at least 2 cutoffs wide (cutoff {cutoff} Å, "
+                         f"plane spacings {np.round(_plane_spacings(cell), 3).tolist()} Å)")
     if method == "cells" and (not all(pbc) or min(bins) < 1):
         raise ValueError(f"cell list needs a periodic cell at least one cutoff wide (bins {bins})")
     bin_capacity = 0
@@ -166,6 +177,16 @@ def _candidate_mask_brute(xw, cell, spec):
     n = xw.shape[0]
     self_image = (jnp.eye(n, dtype=bool)[:, :, None]) & jnp.all(shifts == 0, axis=1)[None, None, :]
     return (r2 < spec.cutoff ** 2) & ~self_image, shifts
+
+
+def _candidate_mask_minimage(xw, cell, spec):
+    """(N, N) pairs within the cutoff at the minimum image, and their (N, N, 3) image shifts."""
+    frac = xw @ jnp.linalg.inv(cell)
+    d = frac[None, :, :] - frac[:, None, :]  # (i, j): s_j − s_i
+    shifts = -jnp.round(d)
+    r = (d + shifts) @ cell
+    n = xw.shape[0]
+    return (jnp.sum(r * r, axis=-1) < spec.cutoff ** 2) & ~jnp.eye(n, dtype=bool), shifts
 
 
 def _bin_table(xw, cell, spec):
@@ -221,6 +242,8 @@ def _geometry_overflow(cell, spec):
     spacing = 1.0 / jnp.linalg.norm(jnp.linalg.inv(cell).T, axis=1)
     if spec.method == "brute":
         return jnp.any(spec.cutoff / spacing > jnp.asarray(spec.images))
+    if spec.method == "minimage":
+        return jnp.any(spacing < 2 * spec.cutoff)
     return jnp.any(spacing / jnp.asarray(spec.bins) < spec.cutoff)
 
 
@@ -230,6 +253,8 @@ def _count_pairs(system, spec):
     xw, _ = _wrap(system.positions, cell, spec.pbc)
     if spec.method == "brute":
         return jnp.sum(_candidate_mask_brute(xw, cell, spec)[0])
+    if spec.method == "minimage":
+        return jnp.sum(_candidate_mask_minimage(xw, cell, spec)[0])
     return jnp.sum(_candidate_mask_cells(xw, cell, spec)[0])
 
 
@@ -245,6 +270,13 @@ def build(system: System, spec: NeighborSpec) -> Graph:
         i = flat // (n * n_img)
         j = (flat // n_img) % n
         s = image_shifts[flat % n_img]
+        extra_overflow = jnp.array(False)
+    elif spec.method == "minimage":
+        within, shifts = _candidate_mask_minimage(xw, cell, spec)
+        n = within.shape[0]
+        (flat,) = jnp.nonzero(within.ravel(), size=spec.capacity, fill_value=0)
+        i, j = flat // n, flat % n
+        s = shifts[i, j]
         extra_overflow = jnp.array(False)
     else:
         within, cand, cand_shift, extra_overflow = _candidate_mask_cells(xw, cell, spec)

@@ -91,6 +91,10 @@ def test_resume_after_a_kill_recomputes_nothing_done(tmp_path, morse, monkeypatc
     assert computed == []
     with pytest.raises(ValueError, match="different settings: min_length: 6.0 → 8.0"):
         scr.screen(entries, morse, tmp_path / "out", **{**kw, "min_length": 8.0})
+    # a screen extended to more structures (a larger --limit) resumes
+    scr.screen(entries[:2], morse, tmp_path / "more", settings={"limit": 2}, **kw)
+    summary = scr.screen(entries, morse, tmp_path / "more", settings={"limit": 3}, **kw)
+    assert summary["this_run"]["structures"] == 1 and summary["n_ok"] == 3
 
 
 def test_bad_structures_are_error_rows(tmp_path, morse):
