@@ -142,18 +142,20 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
     if langevin and temperature <= 0.0:
         raise ValueError("Langevin thermostat needs temperature > 0 K")
 
-    def forces_of(system, spec, graph=None, ref_x=None):
-        """Energy, per-atom energies, forces, overflow, and the (graph, ref_x) to carry: the
-        list is rebuilt unless a skin is set and `neighbors.needs_rebuild` allows the reuse."""
-        if graph is None or neighbor_skin == 0:
-            graph, ref_x = neighbors.build(system, spec), system.positions
+    def forces_of(system, spec, nbrs=None):
+        """Energy, per-atom energies, forces, overflow, and the neighbour carry: None (rebuild
+        every step), or (graph, positions it was built at), reused while
+        `neighbors.needs_rebuild` allows it."""
+        if nbrs is None:
+            graph = neighbors.build(system, spec)
         else:
+            graph, ref_x = nbrs
             stale = neighbors.needs_rebuild(system.positions, system.cell, ref_x, system.cell, potential.cutoff,
                                             neighbor_skin, system.pbc)
             graph = jax.lax.cond(stale, lambda: neighbors.build(system, spec), lambda: graph)
-            ref_x = jnp.where(stale, system.positions, ref_x)
+            nbrs = (graph, jnp.where(stale, system.positions, ref_x))
         res = derivatives.properties(potential, system, graph, stress=False)
-        return res["energy"], res["energies"], res["forces"], graph.overflow, (graph, ref_x)
+        return res["energy"], res["energies"], res["forces"], graph.overflow, nbrs
 
     def init(system: System, velocities, key=None):
         """Allocate the neighbour list (and flux state); initial forces. Returns (state, aux)."""
@@ -190,7 +192,7 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
             v, key = o_step(v, key)
             v = v + 0.5 * dt * f * inv_m
             x = x + dt * v
-            e, ei, f, overflow, nbrs = forces_of(template._replace(positions=x), spec, *nbrs)
+            e, ei, f, overflow, nbrs = forces_of(template._replace(positions=x), spec, nbrs)
             v = v + 0.5 * dt * f * inv_m
             v, key = o_step(v, key)
             return ((x, v, f, key), e, ei, ovf | overflow, nbrs), None
@@ -211,7 +213,7 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
             return (c, nbrs), Frame(e, jnp.sum(ke_i), jpot + jconv, jpot, ovf)
 
         c0 = (state.system.positions, state.velocities, state.forces, state.key)
-        nbrs0 = (neighbors.build(state.system, spec), state.system.positions)
+        nbrs0 = (neighbors.build(state.system, spec), state.system.positions) if neighbor_skin > 0 else None
         ((x, v, f, key), _), frames = jax.lax.scan(sample, (c0, nbrs0), None, length=n_samples)
         return MDState(template._replace(positions=x), v, f, key), frames
 
