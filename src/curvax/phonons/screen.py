@@ -123,9 +123,9 @@ def _json_entries(path: Path, limit) -> list[ScreenEntry]:
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from curvax.relax.data import _open_json
+    from curvax.relax.data import read_json
 
-    data = _open_json(path)
+    data = read_json(path)
     if isinstance(data, dict):
         data = data.get("data", data.get("entries"))
     if not isinstance(data, list):

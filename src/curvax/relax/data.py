@@ -36,7 +36,7 @@ class RelaxPair(NamedTuple):
     energy: float  # DFT energy of `final` [eV]
 
 
-def _open_json(path: Path):
+def read_json(path: Path):
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt") as f:
@@ -53,7 +53,7 @@ def load_dft_relaxed(path, max_atoms: int | None = None, limit: int | None = Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"relaxation data not found: {path}")
-    data = _open_json(path)
+    data = read_json(path)
     if isinstance(data, dict):
         data = data.get("data", data.get("entries", None))
     if not isinstance(data, list):
