@@ -106,3 +106,10 @@ def one_of(where, name, value, allowed) -> None:
     """ValueError unless `value` is in `allowed`."""
     if value not in allowed:
         raise ValueError(f"{where}: {name} must be one of {list(allowed)}, got {value!r}")
+
+
+def changed_settings(old: dict, new: dict, may_change=()) -> list[str]:
+    """"key: old → new" for every setting that differs between two run records (keys in
+    `may_change` excepted): what stops a resumed run."""
+    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted((set(old) | set(new)) - set(may_change))
+            if old.get(k) != new.get(k)]

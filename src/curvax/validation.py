@@ -6,6 +6,8 @@ or compiled, with errors that name the file/key/atom and the fix.
   (0.5 Å, below any chemical bond; periodic images included). A NaN position reaching spglib
   (phonopy's symmetry search) crashes the process, and coincident atoms give NaN energies
   that look "converged": both stop here instead.
+- `check_atoms(atoms, where, periodic)`: the same for an `ase.Atoms` (and, with `periodic`, a
+  periodic 3D cell), before any model or phonopy object sees it.
 - `positive_int`, `positive_float`, `nonnegative_float`: argparse types naming the option.
 - `check_writable(directory, what)`: an output folder that can be written, checked before the
   expensive step, so that no finished work is lost at the end.
@@ -20,9 +22,20 @@ from pathlib import Path
 import numpy as np
 
 from curvax.neighbors import check_system as _check_graphable
-from curvax.system import System
+from curvax.system import System, from_atoms
 
 MIN_DISTANCE = 0.5  # Å: closer atoms are an input error (H2 bond 0.74 Å)
+
+
+def check_atoms(atoms, where: str, periodic: bool = False) -> None:
+    """`check_system` of an `ase.Atoms`; with `periodic`, also a periodic 3D cell."""
+    if periodic and (not all(atoms.pbc) or atoms.cell.rank < 3):
+        raise ValueError(f"{where}: needs a periodic 3D cell (pbc = {atoms.pbc.tolist()})")
+    try:
+        system = from_atoms(atoms)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    check_system(system, where)
 
 
 def check_system(system: System, where: str = "structure", min_distance: float = MIN_DISTANCE) -> None:

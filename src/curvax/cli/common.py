@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curvax.system import from_atoms
-from curvax.validation import check_system
+from curvax.validation import check_atoms  # noqa: F401  (the commands import it from here)
 
 MODEL_HELP = ("model spec: a Nequix .nqx path or registered name (nequix-mp-1), "
               "lj:sigma=..,epsilon=..,cutoff=.. (Lennard-Jones with a smooth cutoff) or "
@@ -42,19 +41,8 @@ def read_frames(path, what: str = "structure", periodic: bool = True) -> list:
         raise ValueError(f"{path}: no {what}s")
     for k, atoms in enumerate(frames):
         where = f"{path} frame {k}" if len(frames) > 1 else str(path)
-        if periodic and (not all(atoms.pbc) or atoms.cell.rank < 3):
-            raise ValueError(f"{where}: needs a periodic 3D cell (pbc = {atoms.pbc.tolist()})")
-        check_atoms(atoms, where)
+        check_atoms(atoms, where, periodic)
     return frames
-
-
-def check_atoms(atoms, where: str) -> None:
-    """`check_system` of an `ase.Atoms` (before any model or phonopy object sees it)."""
-    try:
-        system = from_atoms(atoms)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-    check_system(system, where)
 
 
 def supercell_matrix(values, option="--supercell"):

@@ -237,6 +237,7 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
     `may_change`, e.g. more `steps`) stops with a list of them. A checkpoint already past
     `steps` stops too. `restart` deletes the previous run's checkpoints and metrics instead.
     Checks that the folder is writable before any work. Returns the folder."""
+    from curvax.config import changed_settings
     from curvax.validation import check_writable
 
     workdir = check_writable(workdir, "workdir")
@@ -248,8 +249,7 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
     done = checkpoint_step(workdir / "checkpoint.eqx")
     if done and stored.is_file():
         old = yaml.safe_load(stored.read_text()) or {}
-        keys = sorted((set(old) | set(record)) - set(may_change))
-        diff = [f"{k}: {old.get(k)!r} → {record.get(k)!r}" for k in keys if old.get(k) != record.get(k)]
+        diff = changed_settings(old, record, may_change)
         if diff:
             raise ValueError(f"{workdir} holds a run (step {done}) with different settings: " + "; ".join(diff)
                              + ". Rerun with --restart to start afresh, or choose another workdir")

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from curvax import batch as batching
+from curvax.config import changed_settings
 from curvax.io import atomic_write
 from curvax.phonons.properties import COMPARED, DEFAULT_MESH, phonon_properties
 
@@ -95,14 +96,11 @@ def read_structures(path, limit: int | None = None, max_atoms: int | None = None
 
 
 def _entry(id_, atoms, reference, source) -> ScreenEntry:
-    from curvax.system import from_atoms
-    from curvax.validation import check_system
+    from curvax.validation import check_atoms
 
     error = ""
     try:
-        if not all(atoms.pbc) or atoms.cell.rank < 3:
-            raise ValueError(f"{source}: needs a periodic 3D cell (pbc = {atoms.pbc.tolist()})")
-        check_system(from_atoms(atoms), source)
+        check_atoms(atoms, source, periodic=True)
     except ValueError as e:
         error = str(e)
     ref = {k: float(reference[k]) for k in COMPARED if reference.get(k) is not None}
@@ -260,8 +258,7 @@ def _resume(out: Path, record: dict, restart: bool) -> dict:
     done = {}
     if log.is_file():
         old = json.loads(stored.read_text()) if stored.is_file() else {}
-        diff = [f"{k}: {old.get(k)!r} → {record.get(k)!r}" for k in sorted(set(old) | set(record))
-                if old.get(k) != record.get(k) and k not in MAY_CHANGE]
+        diff = changed_settings(old, record, MAY_CHANGE)
         if diff:
             raise ValueError(f"{out} holds a screening run with different settings: " + "; ".join(diff)
                              + ". Rerun with --restart to start afresh, or choose another --out")
