@@ -103,3 +103,89 @@ def test_relax_tune_config_errors(tmp_path, pairs_file):
     with pytest.raises(FileNotFoundError, match="nope.extxyz"):
         run(load_config(_config(tmp_path / "c.yaml", tmp_path / "nope.extxyz", tmp_path / "w"), RelaxTuneConfig),
             progress=False)
+
+
+def test_dq_is_the_mass_weighted_rms_displacement():
+    """D_q = √(Σ m_i |Δ_i − Δ̄|² / Σ m_i) by hand, with Δ̄ the mass-weighted mean displacement."""
+    from curvax.relax.metrics import dq_loss, rms_displacement
+
+    cell = np.eye(3) * 5.0
+    ref = np.array([[0.0, 0.0, 0.0], [2.5, 2.5, 2.5]])
+    delta = np.array([[0.1, 0.0, 0.0], [0.0, -0.2, 0.05]])
+    numbers = np.array([1, 8])  # H and O: unequal masses
+    m = np.array([1.008, 15.999])
+    d = delta - (m[:, None] * delta).sum(0) / m.sum()
+    by_hand = np.sqrt((m * (d ** 2).sum(1)).sum() / m.sum())
+    args = (ref + delta + 5.0 * np.array([1, 0, 0]), cell, ref, cell, numbers, np.array([True, True]))
+    assert float(rms_displacement(*args)) == pytest.approx(by_hand, rel=1e-12)  # periodic image, too
+    assert float(dq_loss(*args)) == pytest.approx(by_hand, rel=1e-9)
+    shifted = (args[0] + 0.3,) + args[1:]  # a rigid translation is not a displacement
+    assert float(rms_displacement(*shifted)) == pytest.approx(by_hand, rel=1e-9)
+
+
+def _sd_vacancy_setup(tmp_path):
+    """LJ fcc vacancy (31 atoms) relaxed with σ* = 1 as the target; start: rattled target."""
+    from curvax.finetune.relax_tune import PairSet, Relaxation, RelaxTuneConfig, make_loss
+
+    s = bulk("Ar", "fcc", a=1.55, cubic=True).repeat(2)
+    del s[0]
+    r = relax_jit(load_potential(f"lj:sigma=1.0,cutoff={RC}"), make_batch([from_atoms(s)], RC, SKIN),
+                  steps=500, fmax=1e-8, skin=SKIN)
+    target = s.copy()
+    target.positions = np.asarray(r.positions[0])
+    start = perturb(target, 0.04, 0.0, 1)
+    pairs = PairSet(make_batch([from_atoms(start)], RC, SKIN), make_batch([from_atoms(target)], RC, SKIN),
+                    jnp.zeros(1))
+    cfg = RelaxTuneConfig(model=MODEL, data="-", method="sd", learn_step_size=True, relax_steps=12, fmax=1e-12,
+                          cell=False, grad_mode="bptt", skin=SKIN, relaxer={"step_size": 0.002, "max_step": 10.0},
+                          weights={"dq": 1.0, "displacement": 0.0, "lattice": 0.0, "volume": 0.0})
+    model = Relaxation(load_potential(MODEL, jnp.float64), jnp.log(jnp.asarray(0.002)))
+    return cfg, model, pairs, make_loss(cfg)
+
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+
+def test_sd_learned_step_size_and_model_gradients_match_finite_differences(tmp_path):
+    import equinox as eqx
+
+    cfg, model, pairs, loss_fn = _sd_vacancy_setup(tmp_path)
+    f = jax.jit(lambda m: loss_fn(m, pairs, None)[0])
+    grads = eqx.filter_grad(lambda m: loss_fn(m, pairs, None)[0])(model)
+    assert float(f(model)) > 1e-3  # σ = 0.95 relaxes away from the σ* = 1 structure
+    h = 1e-5
+    for where, g in ((lambda m: m.log_step_size, grads.log_step_size),
+                     (lambda m: m.potential.sigma, grads.potential.sigma)):
+        x = where(model)
+        fd = (f(eqx.tree_at(where, model, x + h)) - f(eqx.tree_at(where, model, x - h))) / (2 * h)
+        assert float(g) == pytest.approx(float(fd), rel=1e-6, abs=1e-10)
+        assert abs(float(g)) > 1e-4  # both parameters change the end point
+
+
+def test_relax_tune_learns_the_step_size(tmp_path):
+    from curvax.finetune.relax_tune import RelaxTuneConfig
+
+    cfg, model, pairs, _ = _sd_vacancy_setup(tmp_path)
+    target = pairs.target.system
+    records = []
+    for k in range(2):  # two rattled starts of the relaxed vacancy
+        final = bulk("Ar", "fcc", a=1.55, cubic=True).repeat(2)
+        del final[0]
+        final.positions = np.asarray(target.positions[0, :31])
+        records.append(RelaxPair(f"vac-{k}", perturb(final, 0.04, 0.0, 10 + k), final, 0.0))
+    data = write_pairs(tmp_path / "vac.extxyz", records)
+    yml = _config(tmp_path / "sd.yaml", data, tmp_path / "sd", method="sd", learn_step_size=True,
+                  step_size_learning_rate=0.1, cell=False, relax_steps=8, relaxer={"step_size": 0.0005},
+                  weights={"dq": 1.0, "displacement": 0.0, "lattice": 0.0, "volume": 0.0}, steps=3,
+                  eval_relax_steps=8)
+    assert main(["relax-tune", str(yml), "--no-progress"]) == 0
+    ev = json.loads((tmp_path / "sd" / "evaluation.json").read_text())
+    # 8 steps of η = 5e-4 Å²/eV stop short of the minimum: a larger η lowers D_q, Adam raises it,
+    # and the fine-tuned model's evaluation relaxes with the learned η
+    assert ev["step_size"]["initial"] == 0.0005 and ev["step_size"]["learned"] > 0.0005 * 1.2
+    assert ev["after"]["rms_displacement"] < ev["before"]["rms_displacement"]
+    rows = _rows(tmp_path / "sd")
+    assert float(rows[-1]["step_size"]) > float(rows[0]["step_size"])
+    with pytest.raises(ValueError, match="learn_step_size needs method: sd"):
+        load_config(_config(tmp_path / "f.yaml", data, tmp_path / "w", learn_step_size=True), RelaxTuneConfig)

@@ -82,3 +82,17 @@ def test_split_draws_cheap_evaluation_materials():
         assert split[part] and all(entries[p].n_displacements <= 10 for p in split[part])
     assert max(entries[p].n_displacements for p in split["train"]) > 10  # the rest train
     assert len(split["train"]) + len(split["validation"]) + len(split["test"]) == len(entries)
+
+
+def test_split_evaluates_larger_supercells_than_it_trains_on():
+    split = phonondb_split(PHONONDB, 40, n_test=10, n_validation=6, eval_max_atoms=64)
+    entries = {e.path: e for e in phonondb_entries(PHONONDB, 64)}
+    from curvax.finetune.pft import _reduced_formula
+
+    assert max(entries[p].n_supercell for p in split["test"] + split["validation"]) > 40
+    assert max(entries[p].n_supercell for p in split["train"]) <= 40
+    held = {_reduced_formula(entries[p].formula) for p in split["test"] + split["validation"]}
+    assert not held & {_reduced_formula(entries[p].formula) for p in split["train"]}
+    # the same held-out materials as a split over ≤ 64-atom supercells (a fixed order of formulas)
+    wide = phonondb_split(PHONONDB, 64, n_test=10, n_validation=6)
+    assert split["test"] == wide["test"] and split["validation"] == wide["validation"]

@@ -71,11 +71,12 @@ class FinetuneConfig:
     phonon_test: list = path_field(default_factory=list)  # held-out data sets for evaluation
     max_phonon_atoms: int = 64  # skip training supercells larger than this
     phonondb: str | None = path_field(default=None)  # phonondb folder (manifest.csv + materials/*.tar.lzma)
-    phonondb_max_atoms: int = 40  # only materials with supercells of ≤ this many atoms
+    phonondb_max_atoms: int = 40  # training materials: supercells of ≤ this many atoms
+    phonondb_eval_max_atoms: int = 0  # validation/test materials: supercells ≤ this many atoms (0: phonondb_max_atoms)
     n_phonondb_test: int = 20  # held-out test materials (added to the report)
     n_phonondb_validation: int = 8  # validation materials (model selection / early stopping)
     n_phonondb_train: int = 0  # training materials (0: all the rest)
-    phonondb_eval_max_displacements: int = 10  # validation/test materials: ≤ this many DFT displacements
+    phonondb_eval_max_displacements: int = 0  # validation/test materials: ≤ this many DFT displacements (0: any)
     n_probes: int = 1  # Hessian probe vectors per structure per step (one linearisation)
     phonon_geometry: str = "dft"  # dft | model_volume: where the model's Hessian meets the DFT one (see module doc)
     remat: bool = False  # recompute each interaction block in the phonon step's backward pass (same gradient; fewer
@@ -123,7 +124,7 @@ class FinetuneConfig:
                  "max_phonon_atoms", "phonondb_max_atoms", "n_pseudo", "max_pseudo_atoms")
         at_least(where, self, 0, "upstream_steps_per_phonon_step", "eval_every", "n_holdout", "n_relax_eval",
                  "n_phonondb_test", "n_phonondb_validation", "n_phonondb_train", "eval_relax_max_atoms",
-                 "phonondb_eval_max_displacements", "rattle", "strain", "w_hessian", "seed")
+                 "phonondb_eval_max_displacements", "phonondb_eval_max_atoms", "rattle", "strain", "w_hessian", "seed")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"{where}: ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not self.eval_temperature > 0 or not self.max_force_drift > 0:
@@ -158,37 +159,42 @@ def expand_datasets(paths) -> list[Path]:
 
 
 def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train: int = 0,
-                   elements=None, eval_max_displacements: int | None = None) -> dict:
+                   elements=None, eval_max_displacements: int | None = None,
+                   eval_max_atoms: int | None = None) -> dict:
     """{"train", "validation", "test"} -> lists of phonondb archive paths, split by formula.
 
     Formulas (all polymorphs of one composition go together) are ordered by a fixed hash
     (`relax_data._unit_hash(0, formula)`, independent of any training setting); the first
     formulas give `n_test` test materials, the next `n_validation` validation materials, the
-    rest (up to `n_train`, 0 = all) training materials. Evaluating a material costs one HVP
-    per DFT displacement and model, so with `eval_max_displacements` only formulas whose
-    materials all have at most that many displacements are drawn for validation and test
-    (the others all go to training). Materials with elements outside `elements` (the model's)
-    are left out."""
-    entries = phonondb_entries(root, max_atoms)
+    rest (up to `n_train`, 0 = all) training materials. Test and validation materials are drawn
+    from supercells of ≤ `eval_max_atoms` atoms (default `max_atoms`), training materials from
+    ≤ `max_atoms`; a formula held out for test or validation is never trained on, whatever its
+    polymorphs' sizes. With `eval_max_displacements` (evaluating a material costs one HVP per
+    DFT displacement and model) only formulas whose materials all have at most that many
+    displacements are drawn for validation and test. Materials with elements outside `elements`
+    (the model's) are left out."""
+    eval_max_atoms = eval_max_atoms or max_atoms
+    entries = phonondb_entries(root, max(max_atoms, eval_max_atoms))
     if elements is not None:
         known = set(int(z) for z in elements)
         entries = [e for e in entries if {atomic_numbers[el] for el in Formula(e.formula).count()} <= known]
-    by_formula, n_disp = {}, {}
+    by_formula = {}
     for e in entries:
-        f = _reduced_formula(e.formula)
-        by_formula.setdefault(f, []).append(e.path)
-        n_disp[f] = max(n_disp.get(f, 0), e.n_displacements)
+        by_formula.setdefault(_reduced_formula(e.formula), []).append(e)
     order = sorted(by_formula, key=lambda f: relax_data._unit_hash(0, f))
     out, sizes = {"test": [], "validation": [], "train": []}, (n_test, n_validation, n_train or 10 ** 9)
     part = 0
     for f in order:
+        group = by_formula[f]
         while part < 2 and len(out[("test", "validation")[part]]) >= sizes[part]:
             part += 1
-        evaluable = eval_max_displacements is None or n_disp[f] <= eval_max_displacements
+        evaluable = all(e.n_supercell <= eval_max_atoms for e in group) and (
+            not eval_max_displacements or all(e.n_displacements <= eval_max_displacements for e in group))
         if part < 2 and evaluable:
-            out[("test", "validation")[part]].extend(by_formula[f])
-        elif len(out["train"]) < sizes[2]:
-            out["train"].extend(by_formula[f])
+            out[("test", "validation")[part]].extend(e.path for e in group)
+        else:
+            trainable = [e.path for e in group if e.n_supercell <= max_atoms]
+            out["train"].extend(trainable[: max(0, sizes[2] - len(out["train"]))])
     return out
 
 
@@ -329,7 +335,7 @@ def data_split(cfg: FinetuneConfig, elements=None) -> dict:
     if cfg.phonondb:
         db = phonondb_split(cfg.phonondb, cfg.phonondb_max_atoms, cfg.n_phonondb_test,
                             cfg.n_phonondb_validation, cfg.n_phonondb_train, elements,
-                            cfg.phonondb_eval_max_displacements)
+                            cfg.phonondb_eval_max_displacements, cfg.phonondb_eval_max_atoms)
         for k in split:
             split[k] += db[k]
     return split

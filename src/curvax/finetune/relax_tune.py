@@ -3,9 +3,16 @@
 One training step, for a batch of (perturbed start z₀, DFT-relaxed target) pairs:
 
     z_T(θ) = FIRE/SD unrolled T steps from z₀ with the potential θ     (`curvax.relax.relax`)
-    L(θ)   = mean_b [w_x L_x + w_a L_a + w_V L_V (+ w_E L_E)](z_T, target)   (`curvax.relax.metrics`)
+    L(θ)   = mean_b [w_x L_x + w_q D_q + w_a L_a + w_V L_V (+ w_E L_E)](z_T, target)   (`curvax.relax.metrics`)
     θ ← optax update of ∇_θ L, by BPTT, checkpointed BPTT or implicit differentiation
         (`grad_mode` → an adjoint of `curvax.relax.adjoints`); EMA of θ kept for evaluation and saving.
+
+The published method (Dramko et al., "On the finetuning of MLIPs through the lens of iterated
+maps with BPTT", arXiv:2512.01067, 2025): `method: sd` (X ← X + η F, fixed cell), η learned
+jointly with the model (`learn_step_size`: η = exp(s), s trained by Adam at
+`step_size_learning_rate`; the learned η is reported and used to evaluate the fine-tuned model),
+the mass-weighted D_q loss (`weights: {dq: 1, displacement: 0, lattice: 0, volume: 0}`) and full
+BPTT (`grad_mode: bptt`).
 
 All pairs are padded to one shape (atoms, edges), so training, validation and test relaxations
 compile once each. The training loop is `curvax.finetune.training.fit` (atomic checkpoints, resume
@@ -32,6 +39,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from curvax import batch as batching
 from curvax import precision
@@ -67,8 +75,11 @@ class RelaxTuneConfig:
     fmax: float = 0.02  # eV/Å
     cell: bool = True
     method: str = "fire"  # fire | sd
-    grad_mode: str = "checkpoint"  # bptt | checkpoint | implicit
-    segment: int | None = None  # checkpoint segment length (default √relax_steps)
+    learn_step_size: bool = False  # sd only: train η = relaxer.step_size [Å²/eV] with the model
+    step_size_learning_rate: float = 1e-2  # Adam on log η
+    grad_mode: str = "checkpoint"  # bptt | checkpoint | implicit | hybrid (curvax.relax.adjoints)
+    segment: int | None = None  # checkpoint segment length (checkpoint: default √relax_steps; hybrid: of the head)
+    hybrid_unrolled_steps: int = 10  # hybrid: leading relaxer steps differentiated by BPTT (method sd)
     skin: float = 1.0  # Å, neighbour-list margin held fixed during a relaxation
     relaxer: dict = dataclasses.field(default_factory=dict)  # e.g. {dt: 0.1, max_step: 0.2}
     weights: dict = dataclasses.field(default_factory=dict)  # displacement, lattice, volume, energy
@@ -84,12 +95,18 @@ class RelaxTuneConfig:
     def validate(self, where="config"):
         if self.method not in ("fire", "sd"):
             raise ValueError(f"{where}: method must be fire or sd, got {self.method!r}")
+        if self.learn_step_size and self.method != "sd":
+            raise ValueError(f"{where}: learn_step_size needs method: sd (the step size of X ← X + η F)")
+        if not self.step_size_learning_rate > 0 or not float(self.relaxer.get("step_size", 0.01)) > 0:
+            raise ValueError(f"{where}: step_size_learning_rate and relaxer step_size must be positive")
+        if self.grad_mode == "hybrid" and self.method != "sd":
+            raise ValueError(f"{where}: grad_mode hybrid needs method: sd (its tail model is X ← X + η F)")
         if self.grad_mode not in GRAD_MODES:
             raise ValueError(f"{where}: grad_mode must be one of {', '.join(GRAD_MODES)}, got {self.grad_mode!r}")
         unknown = set(self.weights) - set(LossWeights._fields)
         if unknown:
             raise ValueError(f"{where}: unknown loss weights {sorted(unknown)}; known: {list(LossWeights._fields)}")
-        at_least(where, self, 1, "steps", "batch_size", "relax_steps", "eval_relax_steps", "max_atoms",
+        at_least(where, self, 1, "steps", "batch_size", "relax_steps", "eval_relax_steps", "max_atoms", "hybrid_unrolled_steps",
                  "n_perturbations", "checkpoint_every", "segment", "limit", "max_train", "max_eval")
         at_least(where, self, 0, "rattle", "strain", "skin", "eval_every", "seed")
         if not self.fmax > 0 or (self.eval_fmax is not None and not self.eval_fmax > 0):
@@ -102,8 +119,41 @@ class RelaxTuneConfig:
 
     @property
     def adjoint(self):
-        """The `curvax.relax.adjoints` object of `grad_mode` (and `segment`)."""
-        return from_name(self.grad_mode, self.segment)
+        """The `curvax.relax.adjoints` object of `grad_mode` (and `segment`; hybrid: the head length
+        and the steepest-descent step size η of its tail model)."""
+        return from_name(self.grad_mode, self.segment, self.hybrid_unrolled_steps,
+                         float(self.relaxer.get("step_size", 0.01)))
+
+
+class Relaxation(eqx.Module):
+    """What relaxation fine-tuning trains: the potential and, with `learn_step_size`, the
+    steepest-descent step size η = exp(log_step_size) [Å²/eV] (None: η is the config's)."""
+
+    potential: object
+    log_step_size: jnp.ndarray | None = None
+
+    def relaxer(self, settings: dict) -> dict:
+        """Relaxer settings with the learned η in place of settings["step_size"]."""
+        if self.log_step_size is None:
+            return dict(settings)
+        return {**settings, "step_size": jnp.exp(self.log_step_size)}
+
+    def step_size(self) -> float | None:
+        return None if self.log_step_size is None else float(jnp.exp(self.log_step_size))
+
+
+def make_optimizer(cfg: RelaxTuneConfig):
+    """The potential's optax chain (`training.make_optimizer`); with `learn_step_size` log η is
+    updated by its own Adam (`optax.multi_transform`)."""
+    model_opt = training.make_optimizer(training.OptimizerConfig(**{"total_steps": cfg.steps, **cfg.optimizer}))
+    if not cfg.learn_step_size:
+        return model_opt
+
+    def labels(params):
+        return Relaxation(jax.tree.map(lambda _: "potential", params.potential), "step_size")
+
+    return optax.multi_transform({"potential": model_opt, "step_size": optax.adam(cfg.step_size_learning_rate)},
+                                 labels)
 
 
 # --------------------------------------------------------------------------- data
@@ -161,18 +211,21 @@ def make_loss(cfg: RelaxTuneConfig):
     """loss_fn(model, PairSet, key) -> (L, metrics) for `training.make_update`."""
     weights = LossWeights(**cfg.weights)
 
-    def loss_fn(model, pairs: PairSet, key):
-        r = relax(model, pairs.start, cell=cfg.cell, method=cfg.method, steps=cfg.relax_steps, fmax=cfg.fmax,
-                  adjoint=cfg.adjoint, skin=cfg.skin, **cfg.relaxer)
+    def loss_fn(model: Relaxation, pairs: PairSet, key):
+        r = relax(model.potential, pairs.start, cell=cfg.cell, method=cfg.method, steps=cfg.relax_steps,
+                  fmax=cfg.fmax, adjoint=cfg.adjoint, skin=cfg.skin, **model.relaxer(cfg.relaxer))
         t = pairs.target.system
         mask = pairs.target.node_mask
         loss = batch_loss(r, t.positions, t.cell, t.numbers, mask,
                           ref_energy=pairs.energy if weights.energy else None, weights=weights)
         rms = jax.vmap(rms_displacement)(r.positions, r.cell, t.positions, t.cell, t.numbers, mask)
         dv = jax.vmap(volume_error)(r.cell, t.cell)
-        return loss, {"rms_displacement": jnp.mean(rms), "abs_volume_error": jnp.mean(jnp.abs(dv)),
-                      "converged": jnp.mean(r.converged.astype(loss.dtype)),
-                      "graph_ok": jnp.mean(r.graph_ok.astype(loss.dtype))}
+        metrics = {"rms_displacement": jnp.mean(rms), "abs_volume_error": jnp.mean(jnp.abs(dv)),
+                   "converged": jnp.mean(r.converged.astype(loss.dtype)),
+                   "graph_ok": jnp.mean(r.graph_ok.astype(loss.dtype))}
+        if model.log_step_size is not None:
+            metrics["step_size"] = jnp.exp(model.log_step_size)
+        return loss, metrics
 
     return loss_fn
 
@@ -186,13 +239,16 @@ def _relax_eval(potential, start, target, steps, fmax, cell, method, skin, relax
     return rms, dv, r.n_steps, r.converged, r.graph_ok
 
 
-def evaluate_relaxations(potential, pairs: PairSet, cfg: RelaxTuneConfig, ids=None) -> dict:
-    """Relax the starts fully (no gradients): per-structure RMS displacement [Å], V/V_DFT − 1,
-    steps, converged, graph_ok; plus their means."""
+def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig, ids=None) -> dict:
+    """Relax the starts fully (no gradients; a learned η is used): per-structure RMS
+    displacement D_q [Å], V/V_DFT − 1, steps, converged, graph_ok; plus their means."""
     fmax = cfg.eval_fmax or cfg.fmax
+    relaxer = dict(cfg.relaxer)
+    if model.step_size() is not None:
+        relaxer["step_size"] = model.step_size()
     rms, dv, n, conv, ok = (np.asarray(a) for a in _relax_eval(
-        potential, pairs.start, pairs.target, cfg.eval_relax_steps, fmax, cfg.cell, cfg.method, cfg.skin,
-        tuple(sorted(cfg.relaxer.items()))))
+        model.potential, pairs.start, pairs.target, cfg.eval_relax_steps, fmax, cfg.cell, cfg.method, cfg.skin,
+        tuple(sorted(relaxer.items()))))
     return {**relaxation_summary(rms, dv, n, conv), "graph_ok": float(ok.mean()),
             "per_structure": {"material_id": list(ids or []), "rms_displacement": rms.tolist(),
                               "volume_error": dv.tolist(), "steps": n.tolist(), "converged": conv.tolist()}}
@@ -239,8 +295,10 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
     print("pairs: " + ", ".join(f"{k} {len(v[1])}" for k, v in sets.items())
           + f"; padded to {train.start.system.positions.shape[1]} atoms / {train.start.graph.mask.shape[1]} edges",
           flush=True)
-    optimizer = training.make_optimizer(training.OptimizerConfig(**{"total_steps": cfg.steps, **cfg.optimizer}))
-    state, static = training.init_state(base, optimizer)
+    optimizer = make_optimizer(cfg)
+    step0 = float(cfg.relaxer.get("step_size", 0.01))
+    model = Relaxation(base, jnp.log(jnp.asarray(step0, dtype)) if cfg.learn_step_size else None)
+    state, static = training.init_state(model, optimizer)
     update = training.make_update(make_loss(cfg), optimizer, cfg.ema_decay)
 
     def step_fn(state, static, step, key):
@@ -261,12 +319,14 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
     if int(state.step) < cfg.steps:
         print(f"stopped at step {int(state.step)}/{cfg.steps} (time limit); run again to resume", flush=True)
         return result
-    result["model"] = str(save_potential(tuned, workdir / "model"))
+    result["model"] = str(save_potential(tuned.potential, workdir / "model"))
+    if cfg.learn_step_size:
+        result["step_size"] = {"initial": step0, "learned": tuned.step_size()}  # Å²/eV
     result["eval_set"] = next(k for k in ("test", "validation", "train") if k in sets)
     test, ids = sets[result["eval_set"]]
-    result["before"] = evaluate_relaxations(base, test, cfg, ids)
+    result["before"] = evaluate_relaxations(Relaxation(base), test, cfg, ids)
     result["after"] = evaluate_relaxations(tuned, test, cfg, ids)
-    result["forgetting"] = forgetting(base, tuned, test)
+    result["forgetting"] = forgetting(base, tuned.potential, test)
     atomic_write(workdir / "evaluation.json", json.dumps(result, indent=2))
     return result
 
@@ -281,6 +341,9 @@ def summary(result: dict) -> str:
         r = result[k]
         rows.append(f"{k:8s} {r['rms_displacement']:13.4f} {r['abs_volume_error']:9.4f} {r['steps']:7.1f} "
                     f"{r['converged']:10.2f}")
+    if "step_size" in result:
+        rows.append("steepest-descent step size η [Å²/eV]: {initial:.4g} → {learned:.4g} (learned)".format(
+            **result["step_size"]))
     rows.append("forgetting: " + ", ".join(f"{k} {v:.4g}" for k, v in result["forgetting"].items()))
     rows.append(f"model: {result['model']}")
     return "\n".join(rows)

@@ -14,12 +14,22 @@
   antisymmetric part of e projected out. Memory is independent of the number of steps; exact
   only at a converged minimum.
   Ref.: Blondel et al., Efficient and modular implicit differentiation, NeurIPS 2022.
+- `Hybrid(unrolled_steps=K, step_size=η)`: the first K steps are unrolled with gradients (the
+  "basin selection" phase; checkpointed with `segment_length`), the remaining m = T − K run
+  without, and the end point z_T gets the gradient of a linear model of the tail about it:
+      z_T ≈ z*(θ) + A^m (z_K − z*(θ)),   A = I − η H(z_T)        (steepest descent, X ← X + η F)
+  so  ∂L/∂z_K = (A^m)ᵀ ḡ  (m HVPs)  and  θ̄ = implicit gradient of z* with ḡ − (A^m)ᵀ ḡ (CG).
+  Where the tail has converged A^m ḡ → 0 and the hybrid is the implicit gradient (= BPTT's
+  limit); where soft modes still remember z_K the head receives their share, as BPTT's would.
+  Memory: the K head steps plus O(1). η is the steepest-descent step of the relaxation (for
+  FIRE a stated approximation). Ref.: Zhang, Dramko, Kyrillidis, "Which valley, and how deep"
+  (Rice AI-OWLS, 2026): unrolled basin selection + implicit equilibrium phase.
 
-An adjoint says three things to the driver: the checkpoint segment of the unrolled scan
+An adjoint says four things to the driver: how many leading steps are differentiated
+(`head_steps(steps)`, None: all), the checkpoint segment of the unrolled scan
 (`segment(steps)`), whether the forward relaxation sees differentiable parameters
-(`forward_params`), and what is attached to the end point (`attach`). A hybrid (unroll the
-first K steps, implicit at the end) fits the same three hooks.
-`from_name("bptt" | "checkpoint" | "implicit", ...)` maps the config files' `grad_mode`.
+(`forward_params`), and what is attached to the end point (`attach`).
+`from_name("bptt" | "checkpoint" | "implicit" | "hybrid", ...)` maps the config files' `grad_mode`.
 """
 from __future__ import annotations
 
@@ -40,6 +50,10 @@ from curvax.system import System
 class AbstractAdjoint:
     """The three hooks the driver calls (module doc); the defaults are plain BPTT."""
 
+    def head_steps(self, steps: int) -> int | None:
+        """Leading steps run with gradients, the rest without (None: all steps, as `forward_params` says)."""
+        return None
+
     def segment(self, steps: int) -> int | None:
         """Steps per `jax.checkpoint` segment of the unrolled scan (None: no checkpointing)."""
         return None
@@ -48,8 +62,9 @@ class AbstractAdjoint:
         """The parameters the forward relaxation sees."""
         return params
 
-    def attach(self, z, params, static, batch: Batch, cell: bool, cf):
-        """The end point z of the relaxation, with the gradient path this adjoint gives it."""
+    def attach(self, z, params, static, batch: Batch, cell: bool, cf, z_head=None, tail_steps: int = 0):
+        """The end point z of the relaxation, with the gradient path this adjoint gives it
+        (z_head: the state after the `head_steps` differentiated steps, `tail_steps` before z)."""
         return z
 
 
@@ -81,23 +96,50 @@ class Implicit(AbstractAdjoint):
     def forward_params(self, params):
         return jax.lax.stop_gradient(params)
 
-    def attach(self, z, params, static, batch: Batch, cell: bool, cf):
+    def attach(self, z, params, static, batch: Batch, cell: bool, cf, z_head=None, tail_steps: int = 0):
         z = jax.lax.stop_gradient(z)
         root = _implicit_root(static, batch, cell, cf, self.cg_tol, self.cg_maxiter, self.damping)
-        return root(params, z)
+        return root(params, z, z, 0.0)
 
 
-GRAD_MODES = ("bptt", "checkpoint", "implicit")
+@dataclasses.dataclass(frozen=True)
+class Hybrid(AbstractAdjoint):
+    """Unrolled head of `unrolled_steps` steps + implicit end point with a linear tail model
+    (module doc). step_size: η [Å²/eV] of the tail model; segment_length: checkpoint the head."""
+
+    unrolled_steps: int = 10
+    step_size: float = 0.01
+    segment_length: int | None = None
+    cg_tol: float = 1e-10
+    cg_maxiter: int = 500
+    damping: float = 0.0
+
+    def head_steps(self, steps: int) -> int:
+        return min(self.unrolled_steps, steps)
+
+    def segment(self, steps: int) -> int | None:
+        return self.segment_length
+
+    def attach(self, z, params, static, batch: Batch, cell: bool, cf, z_head=None, tail_steps: int = 0):
+        z = jax.lax.stop_gradient(z)
+        root = _implicit_root(static, batch, cell, cf, self.cg_tol, self.cg_maxiter, self.damping, tail_steps)
+        return root(params, z if z_head is None else z_head, z, self.step_size)
 
 
-def from_name(grad_mode: str, segment: int | None = None, **implicit_kwargs) -> AbstractAdjoint:
-    """The adjoint of a config's `grad_mode` ("bptt" | "checkpoint" | "implicit")."""
+GRAD_MODES = ("bptt", "checkpoint", "implicit", "hybrid")
+
+
+def from_name(grad_mode: str, segment: int | None = None, unrolled_steps: int = 10, step_size: float = 0.01,
+              **implicit_kwargs) -> AbstractAdjoint:
+    """The adjoint of a config's `grad_mode` ("bptt" | "checkpoint" | "implicit" | "hybrid")."""
     if grad_mode == "bptt":
         return Unrolled()
     if grad_mode == "checkpoint":
         return Checkpointed(segment)
     if grad_mode == "implicit":
         return Implicit(**implicit_kwargs)
+    if grad_mode == "hybrid":
+        return Hybrid(unrolled_steps, step_size, segment, **implicit_kwargs)
     raise ValueError(f"unknown grad_mode {grad_mode!r}; choose one of {', '.join(GRAD_MODES)}")
 
 
@@ -120,8 +162,10 @@ def _gen_hvp(potential, z, cell0, numbers, graph, mask, cell, cf, v: Coords) -> 
 
 
 def _implicit_root(static, batch: Batch, cell: bool, cf, cg_tol: float, cg_maxiter: int,
-                   damping: float):
-    """z ↦ z with the implicit-function VJP at a minimum (see module docstring)."""
+                   damping: float, tail_steps: int = 0):
+    """(params, z_head, z, η) ↦ z with the implicit-function VJP at the minimum z; with
+    `tail_steps` m > 0 the linear tail model of `Hybrid` (module docstring) sends (A^m)ᵀ z̄,
+    A = I − η H(z), to z_head and the rest to the implicit solve."""
 
     def forces(params, z):
         pot = eqx.combine(params, static)
@@ -130,31 +174,32 @@ def _implicit_root(static, batch: Batch, cell: bool, cf, cg_tol: float, cg_maxit
         return ev.force
 
     @jax.custom_vjp
-    def root(params, z):
+    def root(params, z_head, z, step_size):
         return z
 
-    def fwd(params, z):
-        return z, (params, z)
+    def fwd(params, z_head, z, step_size):
+        return z, (params, z_head, z, step_size)
 
     def bwd(res, zbar):
-        params, z = res
+        params, z_head, z, step_size = res
         pot = eqx.combine(params, static)
 
         def solve(zz, zb, c0, nu, g, m, f):
             proj = lambda v: _project(v, m, cell)  # noqa: E731
+            hvp = lambda v: proj(_gen_hvp(pot, zz, c0, nu, g, m, cell, f, proj(v)))  # noqa: E731
+            head = jax.lax.fori_loop(0, tail_steps, lambda _, v: _axpy(-step_size, hvp(v), v), proj(zb))
+            rhs = _axpy(-1.0, head, proj(zb)) if tail_steps else proj(zb)
+            w, _ = jax.scipy.sparse.linalg.cg(lambda v: _axpy(damping, proj(v), hvp(v)), rhs, tol=cg_tol,
+                                              maxiter=cg_maxiter)
+            return proj(w), head
 
-            def matvec(v):
-                v = proj(v)
-                hv = _gen_hvp(pot, zz, c0, nu, g, m, cell, f, v)
-                return _axpy(damping, v, proj(hv))
-
-            w, _ = jax.scipy.sparse.linalg.cg(matvec, proj(zb), tol=cg_tol, maxiter=cg_maxiter)
-            return proj(w)
-
-        w = jax.vmap(solve)(z, zbar, batch.system.cell, batch.system.numbers, batch.graph, batch.node_mask, cf)
+        w, head = jax.vmap(solve)(z, zbar, batch.system.cell, batch.system.numbers, batch.graph,
+                                  batch.node_mask, cf)
         _, vjp = jax.vjp(lambda p: forces(p, z), params)
         (pbar,) = vjp(w)
-        return pbar, jax.tree.map(jnp.zeros_like, z)
+        if not tail_steps:
+            head = jax.tree.map(jnp.zeros_like, z_head)
+        return pbar, head, jax.tree.map(jnp.zeros_like, z), jnp.zeros_like(step_size)
 
     root.defvjp(fwd, bwd)
     return root

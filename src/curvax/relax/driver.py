@@ -4,7 +4,7 @@ and `relax_volume`, and batches of padded structures (`make_batch`, `unbatch`).
 `relax` unrolls a relaxer of `curvax.relax.optimizers` over the generalized coordinates of
 `curvax.relax.coordinates` (positions, and the cell with `cell=True`) for every structure of a
 padded `curvax.batch.Batch`, freezing converged ones; gradients flow as the adjoint object says
-(`curvax.relax.adjoints`: `Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`).
+(`curvax.relax.adjoints`: `Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`, `Hybrid(...)`).
 
 The neighbour graph is allocated once with `cutoff + skin` and held fixed. A pair not in the
 list started farther than r_c + skin, so it is still beyond r_c after the unroll if
@@ -80,7 +80,7 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
 
     batch: `make_batch` output (graphs allocated at cutoff + skin, held fixed).
     method: "fire" | "sd"; steps: unrolled steps; fmax [eV/Å]; adjoint: how gradients flow
-    (`Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`: `curvax.relax.adjoints`);
+    (`Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`, `Hybrid(K, η)`: `curvax.relax.adjoints`);
     cutoff, skin [Å]: the graph's cutoff is cutoff + skin (cutoff defaults to
     potential.cutoff), used only for `graph_ok`. relaxer_kwargs go to the relaxer factory
     (e.g. dt, max_step, step_size).
@@ -88,29 +88,46 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
     if method not in RELAXERS:
         raise ValueError(f"unknown relaxer {method!r}; choose one of {sorted(RELAXERS)}")
     if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(f"adjoint must be Unrolled(), Checkpointed(...) or Implicit(...), got {adjoint!r}")
+        raise TypeError(f"adjoint must be Unrolled(), Checkpointed(...), Implicit(...) or Hybrid(...), got {adjoint!r}")
     rc = float(potential.cutoff if cutoff is None else cutoff)
     segment = adjoint.segment(steps)
     dtype = batch.system.positions.dtype
     cf = jnp.maximum(batch.n_atoms, 1).astype(dtype)
     params, static = eqx.partition(potential, eqx.is_inexact_array)
     run_params = adjoint.forward_params(params)
+    # a traced relaxer setting (e.g. a learned step size) follows the potential's parameters
+    relaxer_kwargs = {k: adjoint.forward_params(v) if eqx.is_inexact_array(v) else v
+                      for k, v in relaxer_kwargs.items()}
+
+    head = adjoint.head_steps(steps)
+    frozen_params = jax.lax.stop_gradient(params)
+    frozen_kwargs = {k: jax.lax.stop_gradient(v) if eqx.is_inexact_array(v) else v
+                     for k, v in relaxer_kwargs.items()}
 
     def one(y0, c0, nu, g, m, f):
-        pot = eqx.combine(run_params, static)
+        def relaxer(p, kwargs):
+            pot = eqx.combine(p, static)
 
-        def force_fn(z):
-            ev = evaluate(pot, z, c0, nu, g, m, cell, f)
-            return ev.energy, ev.force, ev.fmax
+            def force_fn(z):
+                ev = evaluate(pot, z, c0, nu, g, m, cell, f)
+                return ev.energy, ev.force, ev.fmax
 
-        init, step = RELAXERS[method](force_fn, **relaxer_kwargs)
+            return RELAXERS[method](force_fn, **kwargs)
+
+        init, step = relaxer(run_params, relaxer_kwargs)
         z0 = Coords(y0, jnp.zeros((3, 3), dtype))
-        s, n = unroll(step, init(z0), steps, fmax, segment)
-        return s.z, s.fmax, n
+        if head is None:
+            s, n = unroll(step, init(z0), steps, fmax, segment)
+            return s.z, s.z, s.fmax, n
+        s, n = unroll(step, init(z0), head, fmax, segment)  # differentiated head ...
+        tail_step = relaxer(frozen_params, frozen_kwargs)[1]  # ... then the tail without gradients
+        t, n_tail = unroll(tail_step, jax.lax.stop_gradient(s), steps - head, fmax)
+        return s.z, t.z, t.fmax, n + n_tail
 
     columns = (batch.system.cell, batch.system.numbers, batch.graph, batch.node_mask, cf)
-    z, fm, n = jax.vmap(one)(batch.system.positions, *columns)
-    z = adjoint.attach(z, params, static, batch, cell, cf)
+    z_head, z, fm, n = jax.vmap(one)(batch.system.positions, *columns)
+    z = adjoint.attach(z, params, static, batch, cell, cf, z_head=z_head,
+                       tail_steps=0 if head is None else steps - head)
 
     def finish(zz, y0, c0, nu, g, m, f):
         x, c = structure(zz, c0, f)

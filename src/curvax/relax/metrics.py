@@ -6,10 +6,16 @@ Displacement (periodic minimum image in fractional coordinates, rigid translatio
     Δ_i  = Δs_i · cell_ref,   Δ̄ = Σ m_i Δ_i / Σ m_i
     L_x  = Σ_i m_i |Δ_i − Δ̄|² / Σ_i m_i                    [Å²]  (mass-weighted MSD)
 
+    D_q  = √L_x                                             [Å]   (mass-weighted RMS displacement)
+
+D_q is the loss of relaxation fine-tuning by unrolled steepest descent (Dramko et al., "On the
+finetuning of MLIPs through the lens of iterated maps with BPTT", arXiv:2512.01067, 2025);
+as a loss term it is √(L_x + ε²), ε = 1e-6 Å, so that its gradient is finite at D_q = 0.
+
 Lattice (rotation invariant):  L_a = (1/3) Σ_k (|a_k|/|a_k^ref| − 1)²,  L_V = (V/V_ref − 1)²
 Energy (optional):             L_E = ((E − E_ref)/N)²                  [eV²/atom²]
 
-    L = w_x L_x + w_a L_a + w_V L_V + w_E L_E
+    L = w_x L_x + w_q D_q + w_a L_a + w_V L_V + w_E L_E
 
 Masses m_i are atomic masses (amu, ASE table); padded atoms (mask False) are ignored.
 """
@@ -26,7 +32,8 @@ _MASSES = jnp.asarray(np.asarray(atomic_masses, dtype=np.float64))
 
 
 class LossWeights(NamedTuple):
-    displacement: float = 1.0
+    displacement: float = 1.0  # w_x, on L_x [Å²]
+    dq: float = 0.0  # w_q, on D_q [Å]
     lattice: float = 1.0
     volume: float = 1.0
     energy: float = 0.0
@@ -51,8 +58,16 @@ def displacement_msd(positions, cell, ref_positions, ref_cell, numbers, mask):
 
 
 def rms_displacement(positions, cell, ref_positions, ref_cell, numbers, mask):
-    """√L_x [Å]: the mass-weighted RMS displacement (metric for reports)."""
+    """D_q = √L_x [Å]: the mass-weighted RMS displacement (metric for reports)."""
     return jnp.sqrt(displacement_msd(positions, cell, ref_positions, ref_cell, numbers, mask))
+
+
+_DQ_EPS2 = 1e-12  # Å²: the ε² of the D_q loss term
+
+
+def dq_loss(positions, cell, ref_positions, ref_cell, numbers, mask):
+    """D_q as a loss term, √(L_x + ε²) [Å] (differentiable at D_q = 0)."""
+    return jnp.sqrt(displacement_msd(positions, cell, ref_positions, ref_cell, numbers, mask) + _DQ_EPS2)
 
 
 def lattice_error(cell, ref_cell):
@@ -71,6 +86,8 @@ def structure_loss(positions, cell, ref_positions, ref_cell, numbers, mask, ener
                    ref_energy=None, weights: LossWeights = LossWeights()):
     """L of one structure (formula in the module docstring)."""
     loss = weights.displacement * displacement_msd(positions, cell, ref_positions, ref_cell, numbers, mask)
+    if weights.dq:
+        loss = loss + weights.dq * dq_loss(positions, cell, ref_positions, ref_cell, numbers, mask)
     loss = loss + weights.lattice * lattice_error(cell, ref_cell)
     loss = loss + weights.volume * volume_error(cell, ref_cell) ** 2
     if weights.energy and energy is not None and ref_energy is not None:
