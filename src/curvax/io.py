@@ -13,13 +13,18 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from curvax import parallel
+
 
 def atomic_write(path, content: str | bytes | Callable[[str], object]) -> Path:
     """Write `content` to `path` atomically (see module doc); returns `path`.
 
     A callable is called with the temporary path (a str ending in `path`'s suffix, so writers
-    that choose a format by extension, such as `np.savez` or `ase.io.write`, keep working)."""
+    that choose a format by extension, such as `np.savez` or `ase.io.write`, keep working).
+    In a multi-process run (`curvax.parallel.initialize_distributed`) only process 0 writes."""
     path = Path(path)
+    if not parallel.is_writer():
+        return path
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")
     try:
         if callable(content):

@@ -4,6 +4,8 @@ stopped after one step and resumed reproduces the uninterrupted run; clear confi
 import csv
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -141,10 +143,6 @@ def _sd_vacancy_setup(tmp_path):
                           weights={"dq": 1.0, "displacement": 0.0, "lattice": 0.0, "volume": 0.0})
     model = Relaxation(load_potential(MODEL, jnp.float64), jnp.log(jnp.asarray(0.002)))
     return cfg, model, pairs, make_loss(cfg)
-
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 
 def test_sd_learned_step_size_and_model_gradients_match_finite_differences(tmp_path):

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from curvax import precision
+from curvax import parallel, precision
 from curvax.cli import finetune, gk, kappa, phonons, relax, relax_tune, screen
 
 COMMANDS = (relax, relax_tune, phonons, screen, kappa, gk, finetune)
@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--x64", action="store_true",
                         help="compute in float64 (default float32; also CURVAX_X64=1)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a multi-process run first (jax.distributed.initialize: SLURM or "
+                             "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID); see README")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
@@ -46,6 +49,8 @@ def main(argv=None) -> int:
     args.x64 = bool(args.x64 or precision.x64_from_environment())
     precision.enable_x64(args.x64)
     enable_compilation_cache()
+    if args.distributed:
+        parallel.initialize_distributed()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:

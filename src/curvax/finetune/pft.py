@@ -43,7 +43,7 @@ from ase.data import atomic_numbers
 from ase.formula import Formula
 
 from curvax import batch as batching
-from curvax import precision
+from curvax import parallel, precision
 from curvax.batch import Batch, graph_of
 from curvax.config import at_least, one_of, path_field
 from curvax.finetune import efs_data, training
@@ -104,6 +104,7 @@ class FinetuneConfig:
     eval_every: int = 10  # validation (held-out upstream E/F/S errors) every this many steps
     seed: int = 0
     x64: bool = False
+    devices: str | int = "all"  # data parallelism: "all" local/global devices or a number; batch sizes are per device
     n_holdout: int = 8  # upstream frames held out of training, for the forgetting check
     n_relax_eval: int = 4  # perturbed DFT-relaxed crystals relaxed by each model (0: skip)
     eval_temperature: float = 300.0  # K
@@ -136,6 +137,7 @@ class FinetuneConfig:
             w = list(getattr(self, key))
             if len(w) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in w):
                 raise ValueError(f"{where}: {key} must be three weights ≥ 0 (energy, forces, stress), got {w!r}")
+        parallel.device_count(self.devices)
         one_of(where, "hessian_sampling", self.hessian_sampling, ("unit", "random"))
         one_of(where, "loss", self.loss, ("mae", "mse"))
         for protocol in self.eval_protocols:
@@ -285,8 +287,9 @@ def pseudo_label_pool(cfg: FinetuneConfig, potential) -> tuple[list, list]:
     return [r for r in pool if r.material_id in train], [r for r in pool if r.material_id in test]
 
 
-def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimizer):
-    """The composite (phonon + k upstream) step `(state, static, step, key) -> (state, metrics)`."""
+def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimizer, mesh=None):
+    """The composite (phonon + k upstream) step `(state, static, step, key) -> (state, metrics)`.
+    mesh (`curvax.parallel.data_mesh`): global batches of batch size × devices, split over them."""
     w_ph = EFSWeights(*cfg.w_phonon_efs)
     w_up = EFSWeights(*cfg.w_upstream_efs)
 
@@ -298,19 +301,20 @@ def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimi
     def upstream_loss(model, batch, key):
         return batch_efs_loss(model, batch, w_up, cfg.loss)
 
-    ph_update = training.make_update(phonon_loss, optimizer, cfg.ema_decay)
-    up_update = training.make_update(upstream_loss, optimizer, cfg.ema_decay)
+    ph_update = training.make_update(phonon_loss, optimizer, cfg.ema_decay, mesh)
+    up_update = training.make_update(upstream_loss, optimizer, cfg.ema_decay, mesh)
     fc = jnp.asarray(fc)
     n_up = upstream.energy.shape[0]
+    n_dev = 1 if mesh is None else mesh.devices.size
 
     def step_fn(state, static, step, key):
-        idx = training.batch_indices(fc.shape[0], cfg.phonon_batch_size, step, cfg.seed)
+        idx = training.batch_indices(fc.shape[0], cfg.phonon_batch_size * n_dev, step, cfg.seed)
         state, m = ph_update(state, static, (batching.take(phonon, idx), fc[idx]), key)
         metrics = {f"phonon_{k}": v for k, v in m.items()}
         k_up = cfg.upstream_steps_per_phonon_step
         for j in range(k_up):
             sub = step * k_up + j
-            uidx = training.batch_indices(n_up, cfg.upstream_batch_size, sub, cfg.seed + 1)
+            uidx = training.batch_indices(n_up, cfg.upstream_batch_size * n_dev, sub, cfg.seed + 1)
             state, mu = up_update(state, static, batching.take(upstream, uidx), jax.random.fold_in(key, j + 1))
             for k, v in mu.items():
                 metrics[f"upstream_{k}"] = metrics.get(f"upstream_{k}", 0.0) + v / k_up
@@ -395,7 +399,13 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
                                           **cfg.optimizer})
     optimizer = training.make_optimizer(opt_cfg)
     state, static = training.init_state(base, optimizer)
-    step_fn = make_step_fn(cfg, phonon, fc.astype(np.asarray(phonon.system.positions).dtype), upstream, optimizer)
+    mesh = parallel.data_mesh(cfg.devices)
+    step_fn = make_step_fn(cfg, phonon, fc.astype(np.asarray(phonon.system.positions).dtype), upstream, optimizer,
+                           mesh)
+    if mesh is not None:
+        print(f"data parallel over {mesh.devices.size} devices: global batches of {cfg.phonon_batch_size} × "
+              f"{mesh.devices.size} phonon and {cfg.upstream_batch_size} × {mesh.devices.size} upstream structures",
+              flush=True)
     t0 = time.time()
     validation = (PhononValidation(split["validation"], base, cfg.eval_temperature, cfg.eval_mesh,
                                    cfg.phonon_geometry)

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from curvax import batch as batching
-from curvax import precision
+from curvax import parallel, precision
 from curvax.batch import Batch
 from curvax.config import at_least, path_field
 from curvax.finetune import training
@@ -91,6 +91,7 @@ class RelaxTuneConfig:
     eval_fmax: float | None = None  # default: fmax
     seed: int = 0
     x64: bool = False
+    devices: str | int = "all"  # data parallelism: "all" or a number of devices; batch_size is per device
 
     def validate(self, where="config"):
         if self.method not in ("fire", "sd"):
@@ -99,6 +100,7 @@ class RelaxTuneConfig:
             raise ValueError(f"{where}: learn_step_size needs method: sd (the step size of X ← X + η F)")
         if not self.step_size_learning_rate > 0 or not float(self.relaxer.get("step_size", 0.01)) > 0:
             raise ValueError(f"{where}: step_size_learning_rate and relaxer step_size must be positive")
+        parallel.device_count(self.devices)
         if self.grad_mode == "hybrid" and self.method != "sd":
             raise ValueError(f"{where}: grad_mode hybrid needs method: sd (its tail model is X ← X + η F)")
         if self.grad_mode not in GRAD_MODES:
@@ -299,10 +301,13 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
     step0 = float(cfg.relaxer.get("step_size", 0.01))
     model = Relaxation(base, jnp.log(jnp.asarray(step0, dtype)) if cfg.learn_step_size else None)
     state, static = training.init_state(model, optimizer)
-    update = training.make_update(make_loss(cfg), optimizer, cfg.ema_decay)
+    mesh = parallel.data_mesh(cfg.devices)
+    update = training.make_update(make_loss(cfg), optimizer, cfg.ema_decay, mesh)
+    batch_size = cfg.batch_size * (1 if mesh is None else mesh.devices.size)
 
     def step_fn(state, static, step, key):
-        return update(state, static, train.take(training.batch_indices(int(train.energy.shape[0]), cfg.batch_size, step, cfg.seed)), key)
+        idx = training.batch_indices(int(train.energy.shape[0]), batch_size, step, cfg.seed)
+        return update(state, static, train.take(idx), key)
 
     val = sets.get("validation")
 

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import yaml
 
+from curvax import parallel
 from curvax.io import atomic_write
 
 
@@ -80,8 +81,10 @@ def combine(params, static):
     return eqx.combine(params, static)
 
 
-def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99) -> Callable:
-    """Pure update step `(state, static, batch, key) -> (state, metrics)` (jit-compiled)."""
+def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99, mesh=None) -> Callable:
+    """Pure update step `(state, static, batch, key) -> (state, metrics)` (jit-compiled).
+    mesh (`curvax.parallel.data_mesh`): the batch is split over its devices along the leading
+    axis and the state replicated; the step is the single-device step on the same global batch."""
 
     @eqx.filter_jit
     def update(state: TrainState, static, batch, key):
@@ -95,7 +98,13 @@ def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99) -> Callab
         metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
         return TrainState(state.step + 1, params, opt_state, ema), metrics
 
-    return update
+    if mesh is None:
+        return update
+
+    def data_parallel_update(state: TrainState, static, batch, key):
+        return update(parallel.replicate(state, mesh), static, parallel.shard_batch(batch, mesh), key)
+
+    return data_parallel_update
 
 
 def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.ndarray:
@@ -155,7 +164,7 @@ class MetricsLog:
         if rows:
             self.fields = list(rows[0].keys())
             self._rewrite(rows)
-        elif self.path.exists():
+        elif self.path.exists() and parallel.is_writer():
             self.path.unlink()
 
     def _rewrite(self, rows):
@@ -171,6 +180,8 @@ class MetricsLog:
         if self.fields is None:
             self.fields = list(row.keys())
             self._rewrite([])
+        if not parallel.is_writer():
+            return
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
 

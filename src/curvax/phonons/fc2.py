@@ -28,6 +28,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from curvax import parallel
 from curvax.batch import bucket_shape, graph_of, pad_structure
 from curvax.hessian import hessian, hessian_columns
 from curvax.neighbors import allocate
@@ -107,7 +108,8 @@ def _fresh_phonopy(phonon):
 
 
 def force_constants(phonon, potential, compact: bool = False, symmetrize: bool = True,
-                    chunk: int = 16, dtype=None, assign: bool = True, bucket=False, progress=None) -> FC2Result:
+                    chunk: int = 16, dtype=None, assign: bool = True, bucket=False, progress=None,
+                    mesh=None) -> FC2Result:
     """FC2 of `phonon.supercell` under `potential` from HVPs on phonopy's minimal displacements.
 
     phonon: a `phonopy.Phonopy` (its unit cell, supercell and primitive matrices and symmetry
@@ -118,6 +120,8 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     (atoms, edges) pair (e.g. `common_shape` of a set of materials) pads to that shape; either
     way `chunk` HVPs are evaluated per compiled call (compile once for many materials and models).
     progress: a tqdm-like bar (`total`, `update(n)`) advanced per chunk of HVPs.
+    mesh (`curvax.parallel.data_mesh`): the HVPs split over its devices (then bucket and
+    progress are not used).
     Returns `FC2Result(force_constants [eV/Å²], n_hvp, n_atoms)`.
     """
     work, vs = displacement_probes(phonon, dtype or parameter_dtype(potential))
@@ -125,7 +129,9 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     if progress is not None:
         progress.total = len(vs)
         progress.refresh()
-    if bucket is not False and bucket is not None:
+    if mesh is not None:
+        hv = np.asarray(parallel.hvp_columns(lambda v: hessian_columns(potential, system, graph, v, chunk), vs, mesh))
+    elif bucket is not False and bucket is not None:
         hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket),
                                progress)
     elif progress is not None:

@@ -1,0 +1,95 @@
+"""Data parallelism over devices and hosts with `jax.sharding`: one mesh axis, "data".
+
+    mesh = data_mesh("all")                  # every device of every process (None: one device)
+    batch = shard_batch(batch, mesh)         # leading (batch) axis split over the devices
+    state = replicate(state, mesh)           # parameters and optimiser state on every device
+    update(state, static, batch, key)        # the same jitted step: XLA reduces the gradients
+
+A jitted training step on a batch sharded this way is the single-device step on the same global
+batch (the loss is a mean over the batch; XLA inserts the all-reduce), so results agree to float
+round-off on any device count, and a checkpoint (host numpy arrays) resumes on any device count.
+`hvp_columns` splits the probe vectors of AD force constants over the devices (`shard_map`).
+
+Multi-host: `initialize_distributed()` calls `jax.distributed.initialize()`, which reads the
+coordinator, process count and id from SLURM (srun) or the JAX_COORDINATOR_ADDRESS /
+JAX_NUM_PROCESSES / JAX_PROCESS_ID environment; every process then loads the same data and builds
+the same global batches (they are pure functions of the step), `shard_batch` hands each device its
+slice, and only process 0 writes files (`is_writer`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def initialize_distributed() -> None:
+    """Join a multi-process run (`jax.distributed.initialize`, cluster auto-detection)."""
+    jax.distributed.initialize()
+    print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of "
+          f"{jax.device_count()} devices", flush=True)
+
+
+def is_writer() -> bool:
+    """True on the process that writes checkpoints, metrics and reports (process 0)."""
+    return jax.process_index() == 0
+
+
+def device_count(devices="all") -> int:
+    """How many devices `devices` ("all" or a positive integer) selects; ValueError if too many."""
+    n = jax.device_count()
+    if devices == "all":
+        return n
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"devices must be 'all' or a positive integer, got {devices!r}")
+    if devices > n:
+        raise ValueError(f"devices: {devices} requested, {n} available ({jax.devices()[0].platform})")
+    return devices
+
+
+def data_mesh(devices="all") -> Mesh | None:
+    """A 1-D mesh ("data") over the selected devices; None for a single device (plain jit)."""
+    n = device_count(devices)
+    return None if n == 1 else Mesh(np.asarray(jax.devices()[:n]), (AXIS,))
+
+
+def _put(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def shard_batch(tree, mesh: Mesh | None, where: str = "batch"):
+    """Every array leaf of `tree` split along its leading (batch) axis over the mesh's devices."""
+    if mesh is None:
+        return tree
+    n = mesh.devices.size
+    leaves = jax.tree.leaves(tree)
+    sizes = {np.shape(x)[0] for x in leaves if np.ndim(x)}
+    if len(sizes) != 1 or next(iter(sizes)) % n:
+        raise ValueError(f"{where}: a global batch of {sorted(sizes)} structures cannot be split over {n} devices "
+                         f"(use a batch size divisible by the device count, or `devices: 1`)")
+    sharded = NamedSharding(mesh, P(AXIS))
+    return jax.tree.map(lambda x: _put(x, sharded) if np.ndim(x) else x, tree)
+
+
+def replicate(tree, mesh: Mesh | None):
+    """Every array leaf of `tree` on every device of the mesh (parameters, optimiser state)."""
+    if mesh is None:
+        return tree
+    full = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: x if getattr(x, "sharding", None) == full else _put(x, full), tree)
+
+
+def hvp_columns(columns_fn, vs, mesh: Mesh | None):
+    """`columns_fn(vs) -> (K, N, 3)` with the K probe vectors split over the mesh's devices
+    (`jax.shard_map`; K padded with zero probes to a multiple of the device count)."""
+    if mesh is None:
+        return columns_fn(vs)
+    k, n = vs.shape[0], mesh.devices.size
+    pad = (-k) % n
+    vs = np.concatenate([np.asarray(vs), np.zeros((pad,) + vs.shape[1:], np.asarray(vs).dtype)]) if pad else vs
+    # check_vma=False: the linearisation point is the same on every device, only the probes vary
+    fn = jax.jit(jax.shard_map(columns_fn, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False))
+    return fn(shard_batch(vs, mesh, "probe vectors"))[:k]
