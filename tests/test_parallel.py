@@ -1,7 +1,8 @@
 """Data parallelism (`curvax.parallel`) on 2 virtual CPU devices, in a subprocess (the device
 count is fixed when JAX starts): a sharded training step equals the single-device step on the
 same global batch, for the phonon (PFT), upstream and relaxation losses; a checkpoint written
-from the 2-device state resumes on 1 device; FC2 with HVPs split over 2 devices equals FC2 on one."""
+from the 2-device state resumes on 1 device; FC2 and FC3 with their HVPs / third-order products
+split over 2 devices equal those computed on one."""
 import os
 import subprocess
 import sys
@@ -88,6 +89,14 @@ SCRIPT = textwrap.dedent('''
     split = force_constants(ph, pot, mesh=mesh)
     np.testing.assert_allclose(split.force_constants, ref, rtol=1e-12, atol=1e-12)
     print("fc2 equal", split.n_hvp, "probes")
+    from phono3py import Phono3py
+    from curvax.phonons.fc3 import compute_fc3
+    ph3 = Phono3py(atoms_to_phonopy(bulk("Ar", "fcc", a=1.6)), supercell_matrix=np.diag([2, 2, 2]), log_level=0)
+    ref3 = compute_fc3(ph3, pot)
+    split3 = compute_fc3(ph3, pot, mesh=mesh)
+    np.testing.assert_allclose(split3.fc3, ref3.fc3, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(split3.fc2, ref3.fc2, rtol=1e-10, atol=1e-10)
+    print("fc3 equal", split3.n_third_order, "products")
     try:
         parallel.shard_batch(batching.take(batch, np.arange(3)), mesh)
     except ValueError as e:

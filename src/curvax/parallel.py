@@ -8,7 +8,7 @@
 A jitted training step on a batch sharded this way is the single-device step on the same global
 batch (the loss is a mean over the batch; XLA inserts the all-reduce), so results agree to float
 round-off on any device count, and a checkpoint (host numpy arrays) resumes on any device count.
-`hvp_columns` splits the probe vectors of AD force constants over the devices (`shard_map`).
+`map_over_devices` splits the probe vectors of AD force constants (FC2, FC3) over the devices.
 
 Multi-host: `initialize_distributed()` calls `jax.distributed.initialize()`, which reads the
 coordinator, process count and id from SLURM (srun) or the JAX_COORDINATOR_ADDRESS /
@@ -82,14 +82,17 @@ def replicate(tree, mesh: Mesh | None):
     return jax.tree.map(lambda x: x if getattr(x, "sharding", None) == full else _put(x, full), tree)
 
 
-def hvp_columns(columns_fn, vs, mesh: Mesh | None):
-    """`columns_fn(vs) -> (K, N, 3)` with the K probe vectors split over the mesh's devices
-    (`jax.shard_map`; K padded with zero probes to a multiple of the device count)."""
+def map_over_devices(fn, xs, mesh: Mesh | None):
+    """`fn(xs)` for a function mapping a stack xs (K, ...) to a pytree of (K, ...) arrays (HVP
+    columns, third-order products), the K items split over the mesh's devices (`jax.shard_map`;
+    K padded with zero items to a multiple of the device count, the padding dropped after)."""
     if mesh is None:
-        return columns_fn(vs)
-    k, n = vs.shape[0], mesh.devices.size
+        return fn(xs)
+    xs = np.asarray(xs)
+    k, n = xs.shape[0], mesh.devices.size
     pad = (-k) % n
-    vs = np.concatenate([np.asarray(vs), np.zeros((pad,) + vs.shape[1:], np.asarray(vs).dtype)]) if pad else vs
-    # check_vma=False: the linearisation point is the same on every device, only the probes vary
-    fn = jax.jit(jax.shard_map(columns_fn, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False))
-    return fn(shard_batch(vs, mesh, "probe vectors"))[:k]
+    if pad:
+        xs = np.concatenate([xs, np.zeros((pad,) + xs.shape[1:], xs.dtype)])
+    # check_vma=False: the linearisation point is the same on every device, only the items vary
+    mapped = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False))
+    return jax.tree.map(lambda y: y[:k], mapped(shard_batch(xs, mesh, "probe vectors")))

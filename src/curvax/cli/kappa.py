@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curvax import precision
+from curvax import parallel, precision
 from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames, supercell_matrix
 from curvax.io import atomic_write
 from curvax.phonons.convert import phono3py_from_atoms, phonopy_to_atoms
@@ -71,7 +71,7 @@ def run(args) -> int:
     check_species(pot, ph3.supercell.numbers, where=str(args.structure))
     t0 = time.perf_counter()
     with tqdm(desc="FC3 supercells", unit="supercell", disable=args.no_progress) as bar:
-        res = compute_fc3(ph3, pot, chunk=args.chunk, progress=bar)
+        res = compute_fc3(ph3, pot, chunk=args.chunk, progress=bar, mesh=parallel.data_mesh("all"))
     t_fc = time.perf_counter() - t0
     kappa = kappa_rta(ph3, temperatures=args.temperatures, mesh=args.mesh)
     t_k = time.perf_counter() - t0 - t_fc

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curvax import precision
+from curvax import parallel, precision
 from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames, supercell_matrix
 from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
@@ -121,7 +121,7 @@ def run(args) -> int:
     t1 = time.perf_counter()
     with tqdm(desc="FC2 HVPs", unit="HVP", disable=args.no_progress) as bar:
         try:
-            res = force_constants(phonon, pot, chunk=args.chunk, progress=bar)
+            res = force_constants(phonon, pot, chunk=args.chunk, progress=bar, mesh=parallel.data_mesh("all"))
         except ValueError as e:  # non-finite force constants
             raise ValueError(f"{args.structure}: {e}") from None
     print(f"FC2 by AD: {res.n_atoms}-atom supercell, {res.n_hvp} HVPs, {time.perf_counter() - t1:.1f} s")

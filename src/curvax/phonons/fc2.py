@@ -130,7 +130,8 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
         progress.total = len(vs)
         progress.refresh()
     if mesh is not None:
-        hv = np.asarray(parallel.hvp_columns(lambda v: hessian_columns(potential, system, graph, v, chunk), vs, mesh))
+        hv = np.asarray(parallel.map_over_devices(lambda v: hessian_columns(potential, system, graph, v, chunk),
+                                                 vs, mesh))
     elif bucket is not False and bucket is not None:
         hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket),
                                progress)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from curvax import parallel
 from curvax.calculator import compute
 from curvax.derivatives import position_energy_fn
 from curvax.neighbors import allocate
@@ -92,9 +93,14 @@ def _dataset_pairs(dataset, n_atoms):
     return rows
 
 
-def _products(potential, system, graph, u1s, u2s, chunk, progress):
+def _products(potential, system, graph, u1s, u2s, chunk, progress, mesh=None):
     """`third_order_products` of all rows; with `progress` (tqdm-like), `chunk` rows per call
-    (the last one padded, so one compiled program) and the bar advanced after each."""
+    (the last one padded, so one compiled program) and the bar advanced after each; with `mesh`
+    (`curvax.parallel.data_mesh`) the rows split over its devices instead."""
+    if mesh is not None:
+        return parallel.map_over_devices(
+            lambda uu: third_order_products(potential, system, graph, uu[:, 0], uu[:, 1], chunk),
+            jnp.stack([u1s, u2s], axis=1), mesh)
     if progress is None:
         return third_order_products(potential, system, graph, u1s, u2s, chunk)
     k = u1s.shape[0]
@@ -114,12 +120,13 @@ def _products(potential, system, graph, u1s, u2s, chunk, progress):
 
 
 def compute_fc3(ph3, potential, chunk: int = 4, is_compact_fc: bool = True,
-                symmetrize: bool = True, assign: bool = True, progress=None) -> FC3Result:
+                symmetrize: bool = True, assign: bool = True, progress=None, mesh=None) -> FC3Result:
     """Exact FC3 (and FC2) of `potential` for a `phono3py.Phono3py` object.
 
     Uses `ph3.dataset` (type 1: first/second displacements); if it has none, generates
     phono3py's default one. Sets `ph3.fc3`, `ph3.fc2` when `assign`. progress: a tqdm-like bar
-    advanced per chunk of third-order products (one per displaced supercell).
+    advanced per chunk of third-order products (one per displaced supercell). mesh
+    (`curvax.parallel.data_mesh`): the products and HVPs split over its devices.
     """
     if ph3.dataset is None or "first_atoms" not in ph3.dataset:
         ph3.generate_displacements()
@@ -133,7 +140,7 @@ def compute_fc3(ph3, potential, chunk: int = 4, is_compact_fc: bool = True,
     # H u1 for the first displacements: (u1 := 0, u2 := u1)
     nf = len(ph3.dataset["first_atoms"])
     hu, t = _products(potential, system, graph, jnp.concatenate([jnp.zeros_like(u1s[:nf]), u1s]),
-                      jnp.concatenate([u1s[:nf], u2s]), chunk, progress)
+                      jnp.concatenate([u1s[:nf], u2s]), chunk, progress, mesh)
     hu, t = np.asarray(hu, np.float64), np.asarray(t, np.float64)
     hu1, hu2, t = hu[:nf], hu[nf:], t[nf:]
     first_index = {}
@@ -152,7 +159,7 @@ def compute_fc3(ph3, potential, chunk: int = 4, is_compact_fc: bool = True,
     ph3.forces = forces
     ph3.produce_fc3(symmetrize_fc3r=symmetrize, is_compact_fc=is_compact_fc)
     fc3 = np.array(ph3.fc3)
-    fc2, n_hvp = compute_fc2(ph3, potential, chunk=max(chunk, 16))
+    fc2, n_hvp = compute_fc2(ph3, potential, chunk=max(chunk, 16), mesh=mesh)
     if not is_compact_fc:
         from phonopy.harmonic.force_constants import compact_fc_to_full_fc
 
@@ -162,7 +169,7 @@ def compute_fc3(ph3, potential, chunk: int = 4, is_compact_fc: bool = True,
     return FC3Result(fc3, fc2, len(rows), n_hvp)
 
 
-def compute_fc2(ph3, potential, chunk: int = 16):
+def compute_fc2(ph3, potential, chunk: int = 16, mesh=None):
     """Exact compact FC2 (Np, Ns2, 3, 3): Hessian rows of the primitive atoms of the phonon
     supercell, symmetrised (index symmetry, acoustic sum rule) by phonopy."""
     from phonopy.harmonic.force_constants import symmetrize_compact_force_constants
@@ -175,7 +182,8 @@ def compute_fc2(ph3, potential, chunk: int = 16):
         for a in range(3):
             vs[3 * k + a, p, a] = 1.0
     vs = jnp.asarray(vs, system.positions.dtype)
-    cols, _ = third_order_products(potential, system, graph, jnp.zeros_like(vs), vs, chunk)
+    cols = parallel.map_over_devices(
+        lambda v: third_order_products(potential, system, graph, jnp.zeros_like(v), v, chunk)[0], vs, mesh)
     cols = np.asarray(cols, np.float64).reshape(len(p2s), 3, n, 3)  # (p, α, j, β)
     fc2 = np.ascontiguousarray(cols.transpose(0, 2, 1, 3))
     # index symmetry + acoustic sum rule (phonopy's projection): float32 round-off of a few
