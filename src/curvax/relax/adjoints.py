@@ -48,7 +48,7 @@ from curvax.system import System
 
 @dataclasses.dataclass(frozen=True)
 class AbstractAdjoint:
-    """The three hooks the driver calls (module doc); the defaults are plain BPTT."""
+    """The four hooks the driver calls (module doc); the defaults are plain BPTT."""
 
     def head_steps(self, steps: int) -> int | None:
         """Leading steps run with gradients, the rest without (None: all steps, as `forward_params` says)."""
