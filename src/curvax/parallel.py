@@ -37,15 +37,16 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def device_count(devices="all") -> int:
-    """How many devices `devices` ("all" or a positive integer) selects; ValueError if too many."""
+def device_count(devices="all", where: str = "devices") -> int:
+    """How many devices `devices` ("all" or a positive integer) selects; ValueError naming
+    `where` (the config file) if it is not one or asks for more than there are."""
     n = jax.device_count()
     if devices == "all":
         return n
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"devices must be 'all' or a positive integer, got {devices!r}")
+        raise ValueError(f"{where}: devices must be 'all' or a positive integer, got {devices!r}")
     if devices > n:
-        raise ValueError(f"devices: {devices} requested, {n} available ({jax.devices()[0].platform})")
+        raise ValueError(f"{where}: devices: {devices} requested, {n} available ({jax.devices()[0].platform})")
     return devices
 
 

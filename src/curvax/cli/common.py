@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curvax.validation import check_atoms  # noqa: F401  (the commands import it from here)
+from curvax.validation import check_atoms
 
 MODEL_HELP = ("model spec: a Nequix .nqx path or registered name (nequix-mp-1), "
               "lj:sigma=..,epsilon=..,cutoff=.. (Lennard-Jones with a smooth cutoff) or "

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from curvax import parallel, precision
-from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames, supercell_matrix
+from curvax.cli.common import MODEL_HELP, add_command, read_frames, supercell_matrix
 from curvax.io import atomic_write
 from curvax.phonons.convert import phono3py_from_atoms, phonopy_to_atoms
 from curvax.phonons.fc3 import compute_fc3, kappa_rta
 from curvax.potentials import check_species, load_potential
-from curvax.validation import check_writable, positive_float, positive_int
+from curvax.validation import check_atoms, check_writable, positive_float, positive_int
 
 
 def add_parser(subparsers):

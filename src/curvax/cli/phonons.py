@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from curvax import parallel, precision
-from curvax.cli.common import MODEL_HELP, add_command, check_atoms, read_frames, supercell_matrix
+from curvax.cli.common import MODEL_HELP, add_command, read_frames, supercell_matrix
 from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import load_phonopy_dataset
@@ -27,7 +27,7 @@ from curvax.phonons.plots import plot_bands_dos
 from curvax.phonons.properties import DEFAULT_MESH, compare, phonon_properties, write_properties
 from curvax.potentials import check_species, load_potential
 from curvax.relax.ase import relax_atoms
-from curvax.validation import check_writable, positive_float, positive_int
+from curvax.validation import check_atoms, check_writable, positive_float, positive_int
 
 
 def add_parser(subparsers):

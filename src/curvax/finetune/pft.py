@@ -137,7 +137,7 @@ class FinetuneConfig:
             w = list(getattr(self, key))
             if len(w) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in w):
                 raise ValueError(f"{where}: {key} must be three weights ≥ 0 (energy, forces, stress), got {w!r}")
-        parallel.device_count(self.devices)
+        parallel.device_count(self.devices, where)
         one_of(where, "hessian_sampling", self.hessian_sampling, ("unit", "random"))
         one_of(where, "loss", self.loss, ("mae", "mse"))
         for protocol in self.eval_protocols:

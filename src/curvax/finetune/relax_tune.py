@@ -98,9 +98,12 @@ class RelaxTuneConfig:
             raise ValueError(f"{where}: method must be fire or sd, got {self.method!r}")
         if self.learn_step_size and self.method != "sd":
             raise ValueError(f"{where}: learn_step_size needs method: sd (the step size of X ← X + η F)")
-        if not self.step_size_learning_rate > 0 or not float(self.relaxer.get("step_size", 0.01)) > 0:
-            raise ValueError(f"{where}: step_size_learning_rate and relaxer step_size must be positive")
-        parallel.device_count(self.devices)
+        step = self.relaxer.get("step_size", 0.01)
+        if not self.step_size_learning_rate > 0 or isinstance(step, bool) or not isinstance(step, (int, float)) \
+                or not step > 0:
+            raise ValueError(f"{where}: step_size_learning_rate and relaxer step_size must be positive numbers, "
+                             f"got {self.step_size_learning_rate!r} and {step!r}")
+        parallel.device_count(self.devices, where)
         if self.grad_mode == "hybrid" and self.method != "sd":
             raise ValueError(f"{where}: grad_mode hybrid needs method: sd (its tail model is X ← X + η F)")
         if self.grad_mode not in GRAD_MODES:
@@ -120,11 +123,16 @@ class RelaxTuneConfig:
             raise ValueError(f"{where}: split must be three fractions ≥ 0 (train, validation, test), got {split!r}")
 
     @property
+    def step_size(self) -> float:
+        """η [Å²/eV] of steepest descent: `relaxer.step_size` (the relaxer's default 0.01); the
+        starting value when it is learned."""
+        return float(self.relaxer.get("step_size", 0.01))
+
+    @property
     def adjoint(self):
         """The `curvax.relax.adjoints` object of `grad_mode` (and `segment`; hybrid: the head length
         and the steepest-descent step size η of its tail model)."""
-        return from_name(self.grad_mode, self.segment, self.hybrid_unrolled_steps,
-                         float(self.relaxer.get("step_size", 0.01)))
+        return from_name(self.grad_mode, self.segment, self.hybrid_unrolled_steps, self.step_size)
 
 
 class Relaxation(eqx.Module):
@@ -298,8 +306,7 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
           + f"; padded to {train.start.system.positions.shape[1]} atoms / {train.start.graph.mask.shape[1]} edges",
           flush=True)
     optimizer = make_optimizer(cfg)
-    step0 = float(cfg.relaxer.get("step_size", 0.01))
-    model = Relaxation(base, jnp.log(jnp.asarray(step0, dtype)) if cfg.learn_step_size else None)
+    model = Relaxation(base, jnp.log(jnp.asarray(cfg.step_size, dtype)) if cfg.learn_step_size else None)
     state, static = training.init_state(model, optimizer)
     mesh = parallel.data_mesh(cfg.devices)
     update = training.make_update(make_loss(cfg), optimizer, cfg.ema_decay, mesh)
@@ -326,7 +333,7 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
         return result
     result["model"] = str(save_potential(tuned.potential, workdir / "model"))
     if cfg.learn_step_size:
-        result["step_size"] = {"initial": step0, "learned": tuned.step_size()}  # Å²/eV
+        result["step_size"] = {"initial": cfg.step_size, "learned": tuned.step_size()}  # Å²/eV
     result["eval_set"] = next(k for k in ("test", "validation", "train") if k in sets)
     test, ids = sets[result["eval_set"]]
     result["before"] = evaluate_relaxations(Relaxation(base), test, cfg, ids)

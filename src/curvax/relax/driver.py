@@ -96,13 +96,9 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
     params, static = eqx.partition(potential, eqx.is_inexact_array)
     run_params = adjoint.forward_params(params)
     # a traced relaxer setting (e.g. a learned step size) follows the potential's parameters
-    relaxer_kwargs = {k: adjoint.forward_params(v) if eqx.is_inexact_array(v) else v
-                      for k, v in relaxer_kwargs.items()}
-
+    on_arrays = lambda fn, kw: {k: fn(v) if eqx.is_inexact_array(v) else v for k, v in kw.items()}  # noqa: E731
+    relaxer_kwargs = on_arrays(adjoint.forward_params, relaxer_kwargs)
     head = adjoint.head_steps(steps)
-    frozen_params = jax.lax.stop_gradient(params)
-    frozen_kwargs = {k: jax.lax.stop_gradient(v) if eqx.is_inexact_array(v) else v
-                     for k, v in relaxer_kwargs.items()}
 
     def one(y0, c0, nu, g, m, f):
         def relaxer(p, kwargs):
@@ -120,7 +116,8 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
             s, n = unroll(step, init(z0), steps, fmax, segment)
             return s.z, s.z, s.fmax, n
         s, n = unroll(step, init(z0), head, fmax, segment)  # differentiated head ...
-        tail_step = relaxer(frozen_params, frozen_kwargs)[1]  # ... then the tail without gradients
+        tail_step = relaxer(jax.lax.stop_gradient(params),  # ... then the tail without gradients
+                            on_arrays(jax.lax.stop_gradient, relaxer_kwargs))[1]
         t, n_tail = unroll(tail_step, jax.lax.stop_gradient(s), steps - head, fmax)
         return s.z, t.z, t.fmax, n + n_tail
 
