@@ -88,12 +88,22 @@ SCRIPT = textwrap.dedent('''
     ref = force_constants(ph, pot).force_constants
     split = force_constants(ph, pot, mesh=mesh)
     np.testing.assert_allclose(split.force_constants, ref, rtol=1e-12, atol=1e-12)
-    print("fc2 equal", split.n_hvp, "probes")
+
+    class Bar:  # tqdm-like: the multi-device path advances it once per call
+        total, n, calls = None, 0, 0
+        def refresh(self): pass
+        def update(self, k): self.n += k; self.calls += 1
+
+    bar = Bar()
+    blocked = force_constants(ph, pot, mesh=mesh, chunk=1, progress=bar)
+    np.testing.assert_allclose(blocked.force_constants, ref, rtol=1e-12, atol=1e-12)
+    assert bar.total == bar.n == blocked.n_hvp and bar.calls == -(-blocked.n_hvp // 2), (bar.n, bar.calls)
+    print("fc2 equal", split.n_hvp, "probes;", bar.calls, "calls with a bar")
     from phono3py import Phono3py
     from curvax.phonons.fc3 import compute_fc3
     ph3 = Phono3py(atoms_to_phonopy(bulk("Ar", "fcc", a=1.6)), supercell_matrix=np.diag([2, 2, 2]), log_level=0)
     ref3 = compute_fc3(ph3, pot)
-    split3 = compute_fc3(ph3, pot, mesh=mesh)
+    split3 = compute_fc3(ph3, pot, mesh=mesh, chunk=1, progress=Bar())
     np.testing.assert_allclose(split3.fc3, ref3.fc3, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(split3.fc2, ref3.fc2, rtol=1e-10, atol=1e-10)
     print("fc3 equal", split3.n_third_order, "products")

@@ -83,17 +83,29 @@ def replicate(tree, mesh: Mesh | None):
     return jax.tree.map(lambda x: x if getattr(x, "sharding", None) == full else _put(x, full), tree)
 
 
-def map_over_devices(fn, xs, mesh: Mesh | None):
+def map_over_devices(fn, xs, mesh: Mesh | None, block: int | None = None, progress=None):
     """`fn(xs)` for a function mapping a stack xs (K, ...) to a pytree of (K, ...) arrays (HVP
     columns, third-order products), the K items split over the mesh's devices (`jax.shard_map`;
-    K padded with zero items to a multiple of the device count, the padding dropped after)."""
+    K padded with zero items to a multiple of the device count, the padding dropped after).
+    block: items per device per call (the calls share one compiled program); progress: a
+    tqdm-like bar (`total`, `update(n)`) advanced after each call."""
     if mesh is None:
         return fn(xs)
     xs = np.asarray(xs)
     k, n = xs.shape[0], mesh.devices.size
-    pad = (-k) % n
-    if pad:
-        xs = np.concatenate([xs, np.zeros((pad,) + xs.shape[1:], xs.dtype)])
+    width = n * (block or -(-k // n))
     # check_vma=False: the linearisation point is the same on every device, only the items vary
     mapped = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS), check_vma=False))
-    return jax.tree.map(lambda y: y[:k], mapped(shard_batch(xs, mesh, "probe vectors")))
+    if progress is not None:
+        progress.total = k
+        progress.refresh()
+    parts = []
+    for c in range(0, k, width):
+        part = xs[c:c + width]
+        m = part.shape[0]
+        if m < width:
+            part = np.concatenate([part, np.zeros((width - m,) + xs.shape[1:], xs.dtype)])
+        parts.append(jax.tree.map(lambda y: np.asarray(y)[:m], mapped(shard_batch(part, mesh, "probe vectors"))))
+        if progress is not None:
+            progress.update(m)
+    return jax.tree.map(lambda *ys: np.concatenate(ys), *parts)

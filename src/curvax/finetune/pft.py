@@ -20,7 +20,8 @@ Geometry (`phonon_geometry`): "dft" compares the model's Hessian with the DFT fo
 at the DFT supercell. "model_volume" first scales each training and validation cell
 isotropically to the model's own zero pressure (solved on the primitive cell by
 `relax.relax_volume`; fractional coordinates and the DFT force constants unchanged): each
-functional at its own equilibrium volume. It matters for PBEsol labels (phonondb) and a
+functional at its own equilibrium volume; `model_volume_fraction` f moves the cell only part of
+the way, lattice × s^f (f = 1: the model's volume, f = 0: the DFT geometry). It matters for PBEsol labels (phonondb) and a
 PBE-trained model: the base Nequix MP expands phonondb's PBEsol cells by 0.5–3.4 % in lattice
 constant (96 materials), and it is too stiff at the PBEsol geometry but too soft at its own
 volume, so the two settings push the model in opposite directions (README: measured effect).
@@ -79,6 +80,7 @@ class FinetuneConfig:
     phonondb_eval_max_displacements: int = 0  # validation/test materials: ≤ this many DFT displacements (0: any)
     n_probes: int = 1  # Hessian probe vectors per structure per step (one linearisation)
     phonon_geometry: str = "dft"  # dft | model_volume: where the model's Hessian meets the DFT one (see module doc)
+    model_volume_fraction: float = 1.0  # model_volume only: lattice × s**fraction (s: the model's zero-pressure scale)
     remat: bool = False  # recompute each interaction block in the phonon step's backward pass (same gradient; fewer
     # stored residuals, but XLA's CPU peak was measured higher: benchmarks/README.md)
     select_best: bool = True  # write the EMA weights of the best validation score
@@ -121,6 +123,8 @@ class FinetuneConfig:
         if self.phonon_geometry not in PHONON_GEOMETRIES:
             raise ValueError(f"{where}: phonon_geometry must be one of {PHONON_GEOMETRIES}, "
                              f"got {self.phonon_geometry!r}")
+        if not 0 <= self.model_volume_fraction <= 1:
+            raise ValueError(f"{where}: model_volume_fraction must be in [0, 1], got {self.model_volume_fraction!r}")
         at_least(where, self, 1, "steps", "phonon_batch_size", "upstream_batch_size", "n_probes", "checkpoint_every",
                  "max_phonon_atoms", "phonondb_max_atoms", "n_pseudo", "max_pseudo_atoms")
         at_least(where, self, 0, "upstream_steps_per_phonon_step", "eval_every", "n_holdout", "n_relax_eval",
@@ -204,12 +208,13 @@ def _reduced_formula(formula: str) -> str:
     return Formula(formula).reduce()[0].format("metal")
 
 
-def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None, geometry: str = "dft"):
+def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None, geometry: str = "dft",
+                             fraction: float = 1.0):
     """DFT supercells + full force constants, padded to one shape. Returns (names, Batch, fc).
 
-    geometry "dft": the DFT supercells as given; "model_volume": each scaled isotropically to
-    `potential`'s zero pressure (`relax.relax_volume` on the primitive cell; fractional coordinates
-    and the force constants unchanged)."""
+    geometry "dft": the DFT supercells as given; "model_volume": each scaled isotropically by
+    s**fraction, s the length scale of `potential`'s zero pressure (`relax.relax_volume` on the
+    primitive cell; fractional coordinates and the force constants unchanged)."""
     if geometry not in PHONON_GEOMETRIES:
         raise ValueError(f"phonon_geometry must be one of {PHONON_GEOMETRIES}, got {geometry!r}")
     phonons, names = [], []
@@ -223,8 +228,9 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
     scales = np.ones(len(phonons))
     if geometry == "model_volume" and phonons:
         t = time.time()
-        _, scales, p_res = relax_volume(potential, [phonopy_to_atoms(ph.primitive) for ph in phonons])
-        print(f"model_volume: {len(phonons)} cells scaled to zero model pressure, lattice ×{scales.min():.3f}"
+        _, zero_p, p_res = relax_volume(potential, [phonopy_to_atoms(ph.primitive) for ph in phonons])
+        scales = zero_p ** fraction
+        print(f"model_volume: {len(phonons)} cells scaled by (zero-model-pressure scale)^{fraction:g}: lattice ×{scales.min():.3f}"
               f"–{scales.max():.3f} (median {np.median(scales):.4f}), max |p| {p_res.max():.1e} eV/Å³ "
               f"({time.time() - t:.0f} s)", flush=True)
     items, fcs = [], []
@@ -347,11 +353,11 @@ def data_split(cfg: FinetuneConfig, elements=None) -> dict:
 
 class PhononValidation:
     """Phonon properties of a model on validation materials (at the DFT geometry, or at the
-    model's volume: `phonon_geometry`), scored against the base model: score = mean over ν_max,
-    S, F, Cv of MAE(model)/MAE(base) (< 1: better)."""
+    model's volume to the power `fraction`: `phonon_geometry`), scored against the base model:
+    score = mean over ν_max, S, F, Cv of MAE(model)/MAE(base) (< 1: better)."""
 
-    def __init__(self, paths, base, temperature: float, mesh, geometry: str = "dft"):
-        self.temperature, self.mesh, self.geometry = temperature, tuple(mesh), geometry
+    def __init__(self, paths, base, temperature: float, mesh, geometry: str = "dft", fraction: float = 1.0):
+        self.temperature, self.mesh, self.geometry, self.fraction = temperature, tuple(mesh), geometry, fraction
         self.dft = [load_phonopy_dataset(p) for p in paths]
         self.ref = [phonon_properties(d, temperature, self.mesh) for d in self.dft]
         self.shapes = pft_eval.shape_groups(self.dft, base.cutoff) if paths else []
@@ -361,7 +367,7 @@ class PhononValidation:
         errs = {k: [] for k in COMPARED}
         scales = np.ones(len(self.dft))
         if self.geometry == "model_volume":  # pressure is intensive: solve on the primitive cells
-            scales = relax_volume(potential, [phonopy_to_atoms(d.primitive) for d in self.dft])[1]
+            scales = relax_volume(potential, [phonopy_to_atoms(d.primitive) for d in self.dft])[1] ** self.fraction
         cells = [scaled_cell(phonopy_to_atoms(d.unitcell), s) for d, s in zip(self.dft, scales)]
         for dft, ref, shape, cell in zip(self.dft, self.ref, self.shapes, cells):
             props = phonon_properties(pft_eval._model_phonopy(dft, cell, potential, shape), self.temperature, self.mesh)
@@ -388,7 +394,7 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
     cutoff = base.cutoff
     names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,
-                                                 cfg.phonon_geometry)
+                                                 cfg.phonon_geometry, cfg.model_volume_fraction)
     print(f"phonon training set: {len(names)} supercells, padded to {phonon.system.positions.shape[1]} atoms / "
           f"{phonon.graph.mask.shape[1]} edges; {len(split['validation'])} validation and "
           f"{len(split['test'])} test materials", flush=True)
@@ -408,7 +414,7 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
               flush=True)
     t0 = time.time()
     validation = (PhononValidation(split["validation"], base, cfg.eval_temperature, cfg.eval_mesh,
-                                   cfg.phonon_geometry)
+                                   cfg.phonon_geometry, cfg.model_volume_fraction)
                   if split["validation"] else None)
     if validation is not None:
         print(f"validation: {len(split['validation'])} materials, base model MAE "

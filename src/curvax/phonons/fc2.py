@@ -120,8 +120,8 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
     (atoms, edges) pair (e.g. `common_shape` of a set of materials) pads to that shape; either
     way `chunk` HVPs are evaluated per compiled call (compile once for many materials and models).
     progress: a tqdm-like bar (`total`, `update(n)`) advanced per chunk of HVPs.
-    mesh (`curvax.parallel.data_mesh`): the HVPs split over its devices (then bucket and
-    progress are not used).
+    mesh (`curvax.parallel.data_mesh`): the HVPs split over its devices, `chunk` per device per
+    call with `progress` (bucket is not used).
     Returns `FC2Result(force_constants [eV/Å²], n_hvp, n_atoms)`.
     """
     work, vs = displacement_probes(phonon, dtype or parameter_dtype(potential))
@@ -131,7 +131,8 @@ def force_constants(phonon, potential, compact: bool = False, symmetrize: bool =
         progress.refresh()
     if mesh is not None:
         hv = np.asarray(parallel.map_over_devices(lambda v: hessian_columns(potential, system, graph, v, chunk),
-                                                 vs, mesh))
+                                                 vs, mesh, block=chunk if progress is not None else None,
+                                                 progress=progress))
     elif bucket is not False and bucket is not None:
         hv = _bucketed_columns(potential, system, graph, vs, chunk, None if bucket is True else tuple(bucket),
                                progress)

@@ -96,11 +96,12 @@ def _dataset_pairs(dataset, n_atoms):
 def _products(potential, system, graph, u1s, u2s, chunk, progress, mesh=None):
     """`third_order_products` of all rows; with `progress` (tqdm-like), `chunk` rows per call
     (the last one padded, so one compiled program) and the bar advanced after each; with `mesh`
-    (`curvax.parallel.data_mesh`) the rows split over its devices instead."""
+    (`curvax.parallel.data_mesh`) `chunk` rows per device per call, split over its devices."""
     if mesh is not None:
         return parallel.map_over_devices(
             lambda uu: third_order_products(potential, system, graph, uu[:, 0], uu[:, 1], chunk),
-            jnp.stack([u1s, u2s], axis=1), mesh)
+            jnp.stack([u1s, u2s], axis=1), mesh, block=chunk if progress is not None else None,
+            progress=progress)
     if progress is None:
         return third_order_products(potential, system, graph, u1s, u2s, chunk)
     k = u1s.shape[0]
