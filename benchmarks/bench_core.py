@@ -24,6 +24,9 @@
     e.g. `pip install --target /tmp/jaxmd jax-md==0.2.29` and PYTHONPATH=/tmp/jaxmd): LJ argon
     fcc, rc 8.5 Å, float64, list rebuilt every call: (a) list build, (b) list + E + F, (c) E + F
     on a fixed list, curvax / jax-md per N (`--jaxmd-atoms`; target (b) ≤ 1.2).
+(6) compile time of the E + F + σ program (LJ, float32, rc 8.5 Å, fixed graph) against the
+    number of edges, up to ~1 M (`--compile-edges`): constant if no O(E) array is folded into
+    the program at compile time (`neighbors.edge_vectors`).
 """
 from __future__ import annotations
 
@@ -274,6 +277,31 @@ def bench_vs_jaxmd(sizes, repeat=5):
               + ", ".join(f"{a * 1e3:.1f}/{b * 1e3:.1f}" for a, b in cells) + ")")
 
 
+def bench_compile_vs_edges(max_atoms, repeat=2):
+    """(6) lowering + compilation time [s] of E + F + σ on fixed graphs of growing size."""
+    from curvax.potentials import LennardJones
+
+    pot = LennardJones(sigma=3.405, epsilon=0.0103, cutoff=8.5, r_inner=7.5).astype(jnp.float32)
+    print("== compile time vs edges: LJ Ar fcc, rc 8.5 Å, float32, E + F + σ on a fixed graph "
+          f"(best of {repeat} fresh compilations)")
+    print(f"  {'atoms':>7} {'edges':>9} {'compile s':>10} {'run s':>8}")
+    n = 256
+    while n <= max_atoms:
+        atoms = supercell(n)
+        system = from_atoms(atoms, dtype=jnp.float32)
+        _, graph = allocate(system, pot.cutoff, capacity_multiplier=1.0)
+        fn = jax.jit(lambda s, g: derivatives.properties(pot, s, g, stress=True)["forces"])
+        times = []
+        for _ in range(repeat):
+            jax.clear_caches()
+            t0 = time.perf_counter()
+            compiled = fn.lower(system, graph).compile()
+            times.append(time.perf_counter() - t0)
+        t_run, _ = timeit(compiled, system, graph, repeat=1)
+        print(f"  {len(atoms):7d} {int(graph.mask.sum()):9d} {min(times):10.2f} {t_run:8.3f}", flush=True)
+        n *= 4
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="Nequix .nqx file")
@@ -288,9 +316,15 @@ def main(argv=None):
     p.add_argument("--md-atoms", type=int, default=2048, help="atoms of the MD-with-skin benchmark (4)")
     p.add_argument("--md-skin", type=float, default=1.0, help="neighbour skin of benchmark (4) [Å]")
     p.add_argument("--only-md", action="store_true", help="run only benchmarks (4) and (5)")
+    p.add_argument("--compile-atoms", type=int, default=16384,
+                   help="largest cell of the compile-time sweep (6) (16 384 fcc Ar atoms ≈ 1.1 M edges)")
+    p.add_argument("--only-compile", action="store_true", help="run only benchmark (6)")
     p.add_argument("--jaxmd-atoms", type=int, nargs="+", default=[256, 2048, 16384],
                    help="sizes of the jax-md comparison (5)")
     args = p.parse_args(argv)
+    if args.only_compile:
+        bench_compile_vs_edges(args.compile_atoms)
+        return 0
     if args.only_md:
         bench_md_skin(args.md_atoms, args.md_skin)
         bench_vs_jaxmd(args.jaxmd_atoms, args.repeat)
@@ -302,6 +336,7 @@ def main(argv=None):
         bench_neighbors(args.min_atoms, args.max_atoms, args.points, args.cutoff, args.repeat)
     bench_md_skin(args.md_atoms, args.md_skin)
     bench_vs_jaxmd(args.jaxmd_atoms, args.repeat)
+    bench_compile_vs_edges(args.compile_atoms)
     return 0
 
 

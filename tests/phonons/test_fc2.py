@@ -6,7 +6,8 @@ from ase.build import bulk
 from conftest import PHONONS
 
 from curvax.ase import Calculator
-from curvax.phonons.fc2 import (acoustic_sum_rule_violation, dense_force_constants, finite_displacement_force_constants, force_constants, force_constants_from_atoms)
+from curvax.phonons.fc2 import (acoustic_sum_rule_violation, dense_force_constants, finite_displacement_force_constants,
+                                force_constants, force_constants_from_atoms, unitcell_force_constants)
 from curvax.phonons.convert import phonopy_to_atoms
 from curvax.potentials import Morse
 
@@ -125,3 +126,24 @@ def test_nequix_models_share_compiled_programs(nequix32):
         b = force_constants(phonon, pot, assign=False).force_constants
         np.testing.assert_allclose(a, b, atol=2e-5 * np.abs(b).max())
     assert _columns._cached._cache_size() == n_compiled + 1  # only the unbucketed shape was new
+
+
+def test_folded_force_constants_are_the_unit_cell_hessian(morse):
+    """Φ_u(a, b) = Σ_{j ≡ b} Φ_S(a, j) of a 2×2×2 supercell's FC2 equals the dense Hessian of the
+    rattled unit cell as a periodic structure (float64), and keeps the acoustic sum rule."""
+    from phonopy import Phonopy
+
+    from curvax.phonons.convert import atoms_to_phonopy
+
+    unit = bulk("Mg", "hcp", a=2.6, c=4.1).repeat((1, 1, 2))
+    unit.rattle(0.03, seed=2)  # no symmetry: every entry of the fold is tested
+    big = Phonopy(atoms_to_phonopy(unit), supercell_matrix=np.diag([2, 2, 1]), primitive_matrix="P", log_level=0)
+    big.force_constants = dense_force_constants(big, morse)
+    small = Phonopy(atoms_to_phonopy(unit), supercell_matrix=np.eye(3, dtype=int), primitive_matrix="P", log_level=0)
+    ref = dense_force_constants(small, morse)
+    folded = unitcell_force_constants(big)
+    assert folded.shape == (4, 4, 3, 3)
+    np.testing.assert_allclose(folded, ref, atol=1e-10 * np.abs(ref).max())
+    assert np.abs(folded.sum(axis=1)).max() < 1e-9 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="full"):
+        unitcell_force_constants(big, np.zeros((4, 32, 3, 3)))

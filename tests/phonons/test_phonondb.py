@@ -96,3 +96,20 @@ def test_split_evaluates_larger_supercells_than_it_trains_on():
     # the same held-out materials as a split over ≤ 64-atom supercells (a fixed order of formulas)
     wide = phonondb_split(PHONONDB, 64, n_test=10, n_validation=6)
     assert split["test"] == wide["test"] and split["validation"] == wide["validation"]
+
+
+def test_unitcell_training_split_keeps_the_held_out_materials():
+    """phonon_cell: unitcell trains on unit cells ≤ max_atoms (any supercell), the same test and
+    validation materials as the supercell split, no held-out formula among the training ones."""
+    from curvax.finetune.pft import _reduced_formula
+
+    sup = phonondb_split(PHONONDB, 40, n_test=10, n_validation=6, eval_max_atoms=64)
+    uni = phonondb_split(PHONONDB, 8, n_test=10, n_validation=6, eval_max_atoms=64, train_cell="unitcell")
+    assert uni["test"] == sup["test"] and uni["validation"] == sup["validation"]
+    entries = {e.path: e for e in phonondb_entries(PHONONDB)}
+    assert uni["train"] and max(entries[p].n_unitcell for p in uni["train"]) <= 8
+    assert max(entries[p].n_supercell for p in uni["train"]) > 64  # supercells of any size
+    held = {_reduced_formula(entries[p].formula) for p in uni["test"] + uni["validation"]}
+    assert not held & {_reduced_formula(entries[p].formula) for p in uni["train"]}
+    with pytest.raises(ValueError, match="train_cell must be one of"):
+        phonondb_split(PHONONDB, 8, 1, 1, train_cell="primitive")

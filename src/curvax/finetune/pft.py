@@ -52,6 +52,7 @@ from curvax.finetune import evaluation as pft_eval
 from curvax.finetune.losses import EFSWeights, batch_efs_loss, batch_phonon_loss
 from curvax.io import atomic_write
 from curvax.phonons.convert import phonopy_to_atoms
+from curvax.phonons.fc2 import unitcell_force_constants
 from curvax.phonons.data import dataset_name, list_datasets, load_phonopy_dataset, phonondb_entries
 from curvax.phonons.properties import COMPARED, compare, phonon_properties
 from curvax.potentials import check_species, load_potential, save_potential
@@ -62,6 +63,7 @@ from curvax.system import from_atoms
 
 
 PHONON_GEOMETRIES = ("dft", "model_volume")
+PHONON_CELLS = ("supercell", "unitcell")
 
 
 @dataclasses.dataclass
@@ -80,6 +82,8 @@ class FinetuneConfig:
     phonondb_eval_max_displacements: int = 0  # validation/test materials: ≤ this many DFT displacements (0: any)
     n_probes: int = 1  # Hessian probe vectors per structure per step (one linearisation)
     phonon_geometry: str = "dft"  # dft | model_volume: where the model's Hessian meets the DFT one (see module doc)
+    phonon_cell: str = "supercell"  # supercell | unitcell: train on the DFT supercells or on the unit cells with the
+    # force constants folded onto them (max_phonon_atoms and phonondb_max_atoms then count unit-cell atoms)
     model_volume_fraction: float = 1.0  # model_volume only: lattice × s**fraction (s: the model's zero-pressure scale)
     remat: bool = False  # recompute each interaction block in the phonon step's backward pass (same gradient; fewer
     # stored residuals, but XLA's CPU peak was measured higher: benchmarks/README.md)
@@ -120,6 +124,8 @@ class FinetuneConfig:
         bad = sorted(set(self.optimizer or {}) - opt_keys)
         if bad:
             raise ValueError(f"{where}: unknown optimizer keys {bad}; known: {sorted(opt_keys)}")
+        if self.phonon_cell not in PHONON_CELLS:
+            raise ValueError(f"{where}: phonon_cell must be one of {PHONON_CELLS}, got {self.phonon_cell!r}")
         if self.phonon_geometry not in PHONON_GEOMETRIES:
             raise ValueError(f"{where}: phonon_geometry must be one of {PHONON_GEOMETRIES}, "
                              f"got {self.phonon_geometry!r}")
@@ -166,7 +172,7 @@ def expand_datasets(paths) -> list[Path]:
 
 def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train: int = 0,
                    elements=None, eval_max_displacements: int | None = None,
-                   eval_max_atoms: int | None = None) -> dict:
+                   eval_max_atoms: int | None = None, train_cell: str = "supercell") -> dict:
     """{"train", "validation", "test"} -> lists of phonondb archive paths, split by formula.
 
     Formulas (all polymorphs of one composition go together) are ordered by a fixed hash
@@ -174,13 +180,17 @@ def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train
     formulas give `n_test` test materials, the next `n_validation` validation materials, the
     rest (up to `n_train`, 0 = all) training materials. Test and validation materials are drawn
     from supercells of ≤ `eval_max_atoms` atoms (default `max_atoms`), training materials from
-    ≤ `max_atoms`; a formula held out for test or validation is never trained on, whatever its
-    polymorphs' sizes. With `eval_max_displacements` (evaluating a material costs one HVP per
+    supercells (`train_cell` "supercell") or unit cells ("unitcell") of ≤ `max_atoms` atoms; a
+    formula held out for test or validation is never trained on, whatever its polymorphs' sizes,
+    and the held-out materials do not depend on `train_cell`. With `eval_max_displacements` (evaluating a material costs one HVP per
     DFT displacement and model) only formulas whose materials all have at most that many
     displacements are drawn for validation and test. Materials with elements outside `elements`
     (the model's) are left out."""
+    if train_cell not in PHONON_CELLS:
+        raise ValueError(f"train_cell must be one of {PHONON_CELLS}, got {train_cell!r}")
     eval_max_atoms = eval_max_atoms or max_atoms
-    entries = phonondb_entries(root, max(max_atoms, eval_max_atoms))
+    listed = max(max_atoms, eval_max_atoms) if train_cell == "supercell" else eval_max_atoms
+    entries = phonondb_entries(root)
     if elements is not None:
         known = set(int(z) for z in elements)
         entries = [e for e in entries if {atomic_numbers[el] for el in Formula(e.formula).count()} <= known]
@@ -192,14 +202,18 @@ def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train
     part = 0
     for f in order:
         group = by_formula[f]
+        listed_group = [e for e in group if e.n_supercell <= listed]
+        if not listed_group and train_cell == "supercell":
+            continue
         while part < 2 and len(out[("test", "validation")[part]]) >= sizes[part]:
             part += 1
-        evaluable = all(e.n_supercell <= eval_max_atoms for e in group) and (
-            not eval_max_displacements or all(e.n_displacements <= eval_max_displacements for e in group))
+        evaluable = listed_group and all(e.n_supercell <= eval_max_atoms for e in listed_group) and (
+            not eval_max_displacements or all(e.n_displacements <= eval_max_displacements for e in listed_group))
         if part < 2 and evaluable:
-            out[("test", "validation")[part]].extend(e.path for e in group)
+            out[("test", "validation")[part]].extend(e.path for e in listed_group)
         else:
-            trainable = [e.path for e in group if e.n_supercell <= max_atoms]
+            size = (lambda e: e.n_supercell) if train_cell == "supercell" else (lambda e: e.n_unitcell)
+            trainable = [e.path for e in group if size(e) <= max_atoms]
             out["train"].extend(trainable[: max(0, sizes[2] - len(out["train"]))])
     return out
 
@@ -209,18 +223,24 @@ def _reduced_formula(formula: str) -> str:
 
 
 def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None, geometry: str = "dft",
-                             fraction: float = 1.0):
-    """DFT supercells + full force constants, padded to one shape. Returns (names, Batch, fc).
+                             fraction: float = 1.0, cell: str = "supercell"):
+    """DFT structures + full force constants, padded to one shape. Returns (names, Batch, fc).
 
-    geometry "dft": the DFT supercells as given; "model_volume": each scaled isotropically by
-    s**fraction, s the length scale of `potential`'s zero pressure (`relax.relax_volume` on the
-    primitive cell; fractional coordinates and the force constants unchanged)."""
+    cell "supercell": the DFT supercells (≤ `max_atoms` atoms) and their force constants;
+    "unitcell": the unit cells (≤ `max_atoms` atoms) and the force constants folded onto them
+    (`phonons.fc2.unitcell_force_constants`: exact at the q points commensurate with the unit
+    cell; a step on an 8-atom cell costs a fraction of one on its 64-atom supercell).
+    geometry "dft": as given; "model_volume": each scaled isotropically by s**fraction, s the
+    length scale of `potential`'s zero pressure (`relax.relax_volume` on the primitive cell;
+    fractional coordinates and the force constants unchanged)."""
     if geometry not in PHONON_GEOMETRIES:
         raise ValueError(f"phonon_geometry must be one of {PHONON_GEOMETRIES}, got {geometry!r}")
+    if cell not in PHONON_CELLS:
+        raise ValueError(f"phonon_cell must be one of {PHONON_CELLS}, got {cell!r}")
     phonons, names = [], []
     for p in expand_datasets(paths):
         ph = load_phonopy_dataset(p)
-        if len(ph.supercell) <= max_atoms:
+        if len(ph.supercell if cell == "supercell" else ph.unitcell) <= max_atoms:
             if potential is not None:
                 check_species(potential, ph.supercell.numbers, where=str(p))
             phonons.append(ph)
@@ -235,10 +255,10 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
               f"({time.time() - t:.0f} s)", flush=True)
     items, fcs = [], []
     for ph, name, scale in zip(phonons, names, scales):
-        atoms = scaled_cell(phonopy_to_atoms(ph.supercell), scale)
+        atoms = scaled_cell(phonopy_to_atoms(ph.supercell if cell == "supercell" else ph.unitcell), scale)
         s = from_atoms(atoms)
         items.append((s, graph_of(s, cutoff, where=name), dict(forces=np.zeros((len(atoms), 3)))))
-        fcs.append(np.asarray(ph.force_constants))
+        fcs.append(np.asarray(ph.force_constants) if cell == "supercell" else unitcell_force_constants(ph))
     if not items:
         raise ValueError(f"no phonon training data with ≤ {max_atoms} supercell atoms in {list(paths)}")
     structures = batching.pad_all(items)
@@ -345,7 +365,7 @@ def data_split(cfg: FinetuneConfig, elements=None) -> dict:
     if cfg.phonondb:
         db = phonondb_split(cfg.phonondb, cfg.phonondb_max_atoms, cfg.n_phonondb_test,
                             cfg.n_phonondb_validation, cfg.n_phonondb_train, elements,
-                            cfg.phonondb_eval_max_displacements, cfg.phonondb_eval_max_atoms)
+                            cfg.phonondb_eval_max_displacements, cfg.phonondb_eval_max_atoms, cfg.phonon_cell)
         for k in split:
             split[k] += db[k]
     return split
@@ -394,7 +414,7 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
     cutoff = base.cutoff
     names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,
-                                                 cfg.phonon_geometry, cfg.model_volume_fraction)
+                                                 cfg.phonon_geometry, cfg.model_volume_fraction, cfg.phonon_cell)
     print(f"phonon training set: {len(names)} supercells, padded to {phonon.system.positions.shape[1]} atoms / "
           f"{phonon.graph.mask.shape[1]} edges; {len(split['validation'])} validation and "
           f"{len(split['test'])} test materials", flush=True)

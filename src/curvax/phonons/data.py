@@ -318,6 +318,7 @@ class PhonondbEntry(NamedTuple):
     spacegroup: int
     n_supercell: int  # atoms in the DFT supercell
     n_displacements: int
+    n_unitcell: int  # atoms in the unit cell (POSCAR-unitcell)
 
 
 def phonondb_entries(root, max_atoms: int | None = None) -> list[PhonondbEntry]:
@@ -334,10 +335,10 @@ def phonondb_entries(root, max_atoms: int | None = None) -> list[PhonondbEntry]:
         for k, row in enumerate(csv.DictReader(f)):
             try:
                 e = PhonondbEntry(root / row["file"], row["mp_id"], row["formula"], int(row["spacegroup_number"]),
-                                  int(row["n_supercell"]), int(row["n_displacements"]))
+                                  int(row["n_supercell"]), int(row["n_displacements"]), int(row["n_unitcell"]))
             except (KeyError, ValueError, TypeError) as exc:
                 raise ValueError(f"{manifest}: row {k + 2}: {exc!r} (expected columns file, mp_id, formula, "
-                                 f"spacegroup_number, n_supercell, n_displacements)") from None
+                                 f"spacegroup_number, n_unitcell, n_supercell, n_displacements)") from None
             if max_atoms is None or e.n_supercell <= max_atoms:
                 out.append(e)
     return out

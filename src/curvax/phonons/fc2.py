@@ -39,7 +39,7 @@ from curvax.system import from_atoms
 __all__ = [
     "FC2Result", "force_constants", "force_constants_from_atoms", "dense_force_constants",
     "finite_displacement_force_constants", "acoustic_sum_rule_violation", "supercell_shape",
-    "displacement_probes", "force_constants_from_hvps",
+    "displacement_probes", "force_constants_from_hvps", "unitcell_force_constants",
 ]
 
 
@@ -172,6 +172,30 @@ def force_constants_from_hvps(work, hv, compact: bool = False, symmetrize: bool 
     if not np.all(np.isfinite(fc)):
         raise ValueError("non-finite force constants (NaN/inf in the model's Hessian)")
     return fc
+
+
+def unitcell_force_constants(phonon, fc=None) -> np.ndarray:
+    """Force constants of the unit cell's own periodic lattice, folded from the supercell's:
+
+        Φ_u(a, b) = Σ_{j ≡ b} Φ_S(a, j)      [eV/Å²]   (a, b unit-cell atoms; j over the
+                                                          supercell atoms that are images of b)
+
+    the Hessian of the crystal under displacements with the unit cell's periodicity, i.e. the
+    model's Hessian of the unit cell as a periodic structure. Exact for the q points
+    commensurate with the unit cell (Γ for the primitive cell, plus zone-boundary points for a
+    conventional one); the other q points of the supercell are summed out. phonon: a
+    `phonopy.Phonopy` with full force constants (or `fc` (Ns, Ns, 3, 3)). Returns (Nu, Nu, 3, 3),
+    atoms in the order of `phonon.unitcell`."""
+    fc = np.asarray(phonon.force_constants if fc is None else fc)
+    if fc.shape[0] != fc.shape[1]:
+        raise ValueError(f"full (Ns, Ns, 3, 3) force constants needed to fold, got {fc.shape}")
+    u2s = np.asarray(phonon.supercell.u2s_map)
+    s2u = np.asarray(phonon.supercell.s2u_map)  # supercell atom -> its unit-cell image (a supercell index)
+    index = {int(j): b for b, j in enumerate(u2s)}
+    col = np.array([index[int(j)] for j in s2u])  # unit-cell index b of every supercell atom j
+    out = np.zeros((len(u2s), len(u2s), 3, 3))
+    np.add.at(out, (slice(None), col), fc[u2s])
+    return out
 
 
 def force_constants_from_atoms(atoms, supercell_matrix, potential, primitive_matrix="auto",
