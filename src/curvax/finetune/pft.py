@@ -415,7 +415,7 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     cutoff = base.cutoff
     names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,
                                                  cfg.phonon_geometry, cfg.model_volume_fraction, cfg.phonon_cell)
-    print(f"phonon training set: {len(names)} supercells, padded to {phonon.system.positions.shape[1]} atoms / "
+    print(f"phonon training set: {len(names)} {cfg.phonon_cell}s, padded to {phonon.system.positions.shape[1]} atoms / "
           f"{phonon.graph.mask.shape[1]} edges; {len(split['validation'])} validation and "
           f"{len(split['test'])} test materials", flush=True)
     upstream, holdout = load_upstream_set(cfg, base, cutoff)
