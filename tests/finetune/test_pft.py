@@ -114,6 +114,12 @@ def test_config_errors(tmp_path):
     bad.write_text("model: x.nqx\nphonon_geometry: relaxed\n")
     with pytest.raises(ValueError, match="bad.yaml: phonon_geometry must be one of"):
         load_config(bad, finetune.FinetuneConfig)
+    bad.write_text("model: x.nqx\nphonon_cell: primitive\n")
+    with pytest.raises(ValueError, match="bad.yaml: phonon_cell must be one of"):
+        load_config(bad, finetune.FinetuneConfig)
+    bad.write_text("model: x.nqx\nmodel_volume_fraction: 2\n")
+    with pytest.raises(ValueError, match="bad.yaml: model_volume_fraction must be in"):
+        load_config(bad, finetune.FinetuneConfig)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml", finetune.FinetuneConfig)
     cfg = finetune.FinetuneConfig(model="x", phonon_train=[str(PHONONS / "Cr")], phonon_test=[str(PHONONS / "Cr")])
@@ -207,5 +213,30 @@ def test_model_volume_geometry_scales_the_dft_supercell_to_zero_model_pressure()
     np.testing.assert_allclose(np.asarray(vol.system.positions[0, :n]), s * x_ref, atol=1e-10)
     unit = scaled_cell(phonopy_to_atoms(dft.unitcell), s)
     assert abs(np.asarray(compute(lj, from_atoms(unit))[0]["stress"])[:3].mean()) < 1e-4  # eV/Å³
+    _, half, _ = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "model_volume", 0.5)
+    np.testing.assert_allclose(np.asarray(half.system.cell[0]), np.sqrt(s) * cell_ref, rtol=1e-10)  # lattice × s^½
     with pytest.raises(ValueError, match="phonon_geometry"):
         finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "relaxed")
+
+
+def test_unitcell_training_structures_carry_the_folded_force_constants():
+    """phonon_cell "unitcell": the unit cell (bcc Cr, 2 atoms) with the DFT force constants
+    folded onto it (Σ over the supercell images of each atom), and the sum rule kept; the unit
+    cell counts against max_atoms, not the supercell."""
+    from curvax.phonons.data import load_phonopy_dataset
+    from curvax.phonons.fc2 import unitcell_force_constants
+
+    lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)
+    dft = load_phonopy_dataset(PHONONS / "Cr")
+    names, unit, fc = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 2, lj, cell="unitcell")
+    assert names == ["Cr"] and unit.system.positions.shape[1] == len(dft.unitcell) == 2
+    np.testing.assert_allclose(np.asarray(unit.system.positions[0]), dft.unitcell.positions, atol=1e-12)
+    np.testing.assert_allclose(fc[0], unitcell_force_constants(dft), atol=1e-12)
+    np.testing.assert_allclose(fc[0].sum(axis=1), 0.0, atol=1e-8)
+    by_hand = sum(dft.force_constants[0, j] for j in range(len(dft.supercell))
+                  if np.asarray(dft.supercell.s2u_map)[j] == np.asarray(dft.supercell.u2s_map)[1])
+    np.testing.assert_allclose(fc[0, 0, 1], by_hand, atol=1e-12)
+    with pytest.raises(ValueError, match="no phonon training data"):
+        finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 1, lj, cell="unitcell")
+    with pytest.raises(ValueError, match="phonon_cell"):
+        finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, cell="primitive")
