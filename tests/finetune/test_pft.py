@@ -102,24 +102,15 @@ def test_pft_reduces_fc_error_and_cotraining_bounds_forgetting(tmp_path):
 
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: x.nqx\nlearning_rate: 1\n")
-    with pytest.raises(ValueError, match="unknown config keys.*learning_rate"):
-        load_config(bad, finetune.FinetuneConfig)
-    bad.write_text("model: x.nqx\noptimizer: {lr: 1}\n")
-    with pytest.raises(ValueError, match="unknown optimizer keys.*lr"):
-        load_config(bad, finetune.FinetuneConfig)
-    bad.write_text("model: x.nqx\nremat: 'yes'\n")
-    with pytest.raises(ValueError, match="bad.yaml: remat must be true or false"):
-        load_config(bad, finetune.FinetuneConfig)
-    bad.write_text("model: x.nqx\nphonon_geometry: relaxed\n")
-    with pytest.raises(ValueError, match="bad.yaml: phonon_geometry must be one of"):
-        load_config(bad, finetune.FinetuneConfig)
-    bad.write_text("model: x.nqx\nphonon_cell: primitive\n")
-    with pytest.raises(ValueError, match="bad.yaml: phonon_cell must be one of"):
-        load_config(bad, finetune.FinetuneConfig)
-    bad.write_text("model: x.nqx\nmodel_volume_fraction: 2\n")
-    with pytest.raises(ValueError, match="bad.yaml: model_volume_fraction must be in"):
-        load_config(bad, finetune.FinetuneConfig)
+    for line, message in (("learning_rate: 1", "unknown config keys.*learning_rate"),
+                          ("optimizer: {lr: 1}", "unknown optimizer keys.*lr"),
+                          ("remat: 'yes'", "bad.yaml: remat must be true or false"),
+                          ("phonon_geometry: relaxed", "bad.yaml: phonon_geometry must be one of"),
+                          ("phonon_cell: primitive", "bad.yaml: phonon_cell must be one of"),
+                          ("model_volume_fraction: 2", "bad.yaml: model_volume_fraction must be in")):
+        bad.write_text(f"model: x.nqx\n{line}\n")
+        with pytest.raises(ValueError, match=message):
+            load_config(bad, finetune.FinetuneConfig)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml", finetune.FinetuneConfig)
     cfg = finetune.FinetuneConfig(model="x", phonon_train=[str(PHONONS / "Cr")], phonon_test=[str(PHONONS / "Cr")])

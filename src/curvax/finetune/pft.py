@@ -26,6 +26,11 @@ PBE-trained model: the base Nequix MP expands phonondb's PBEsol cells by 0.5–3
 constant (96 materials), and it is too stiff at the PBEsol geometry but too soft at its own
 volume, so the two settings push the model in opposite directions (README: measured effect).
 
+Cell (`phonon_cell`): "supercell" trains on the DFT supercells; "unitcell" on the unit cells with
+the DFT force constants folded onto them (`phonons.fc2.unitcell_force_constants`, exact at the q
+points commensurate with the unit cell), so simple crystals with 64–96-atom supercells train at
+the cost of their 2–16-atom unit cells (README "Simple crystals").
+
 Config: a YAML file (see `configs/pft-nequix-mp.yaml`); `FinetuneConfig` documents every key.
 Outputs in `workdir`: checkpoint.eqx, best.eqx, metrics.csv, eval.csv, config.yaml, split.json,
 model.nqx (EMA weights; loads with `curvax.load_potential` and `nequix.model.load_model`).
@@ -52,8 +57,8 @@ from curvax.finetune import evaluation as pft_eval
 from curvax.finetune.losses import EFSWeights, batch_efs_loss, batch_phonon_loss
 from curvax.io import atomic_write
 from curvax.phonons.convert import phonopy_to_atoms
-from curvax.phonons.fc2 import unitcell_force_constants
 from curvax.phonons.data import dataset_name, list_datasets, load_phonopy_dataset, phonondb_entries
+from curvax.phonons.fc2 import unitcell_force_constants
 from curvax.phonons.properties import COMPARED, compare, phonon_properties
 from curvax.potentials import check_species, load_potential, save_potential
 from curvax.relax import data as relax_data
@@ -260,7 +265,7 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
         items.append((s, graph_of(s, cutoff, where=name), dict(forces=np.zeros((len(atoms), 3)))))
         fcs.append(np.asarray(ph.force_constants) if cell == "supercell" else unitcell_force_constants(ph))
     if not items:
-        raise ValueError(f"no phonon training data with ≤ {max_atoms} supercell atoms in {list(paths)}")
+        raise ValueError(f"no phonon training data with ≤ {max_atoms} {cell} atoms in {list(paths)}")
     structures = batching.pad_all(items)
     n_pad = structures[0].system.positions.shape[0]
     fc = np.zeros((len(fcs), n_pad, n_pad, 3, 3))
