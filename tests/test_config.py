@@ -93,3 +93,23 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(p, broken)
     assert p.read_text() == "good" and os.listdir(tmp_path) == ["result.txt"]
+
+
+def test_every_shipped_config_loads():
+    """configs/*.yaml: known keys, valid values, the data and model paths they name exist."""
+    from pathlib import Path
+
+    from curvax.finetune.pft import FinetuneConfig
+    from curvax.finetune.relax_tune import RelaxTuneConfig
+    from curvax.thermal.workflow import GreenKuboConfig
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        kind = GreenKuboConfig if path.name.startswith("gk") else (
+            RelaxTuneConfig if path.name.startswith("relax-tune") else FinetuneConfig)
+        cfg = load_config(path, kind)
+        if os.path.isdir(Path(__file__).parents[2] / "shared"):
+            for name in ("model", "phonondb", "pseudo_label_structures", "data"):
+                value = getattr(cfg, name, None)
+                assert value is None or value.startswith(("nequix", "lj", "morse")) or os.path.exists(value), (path, value)
