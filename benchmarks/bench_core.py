@@ -25,7 +25,7 @@
     fcc, rc 8.5 Å, float64, list rebuilt every call: (a) list build, (b) list + E + F, (c) E + F
     on a fixed list, curvax / jax-md per N (`--jaxmd-atoms`; target (b) ≤ 1.2).
 (6) compile time of the E + F + σ program (LJ, float32, rc 8.5 Å, fixed graph) against the
-    number of edges, up to ~1 M (`--compile-edges`): constant if no O(E) array is folded into
+    number of edges, up to ~1 M (`--compile-atoms`, `--only-compile`): constant if no O(E) array is folded into
     the program at compile time (`neighbors.edge_vectors`).
 """
 from __future__ import annotations

@@ -195,6 +195,7 @@ def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train
         raise ValueError(f"train_cell must be one of {PHONON_CELLS}, got {train_cell!r}")
     eval_max_atoms = eval_max_atoms or max_atoms
     listed = max(max_atoms, eval_max_atoms) if train_cell == "supercell" else eval_max_atoms
+    train_size = (lambda e: e.n_supercell) if train_cell == "supercell" else (lambda e: e.n_unitcell)
     entries = phonondb_entries(root)
     if elements is not None:
         known = set(int(z) for z in elements)
@@ -217,8 +218,7 @@ def phonondb_split(root, max_atoms: int, n_test: int, n_validation: int, n_train
         if part < 2 and evaluable:
             out[("test", "validation")[part]].extend(e.path for e in listed_group)
         else:
-            size = (lambda e: e.n_supercell) if train_cell == "supercell" else (lambda e: e.n_unitcell)
-            trainable = [e.path for e in group if size(e) <= max_atoms]
+            trainable = [e.path for e in group if train_size(e) <= max_atoms]
             out["train"].extend(trainable[: max(0, sizes[2] - len(out["train"]))])
     return out
 
@@ -242,10 +242,11 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
         raise ValueError(f"phonon_geometry must be one of {PHONON_GEOMETRIES}, got {geometry!r}")
     if cell not in PHONON_CELLS:
         raise ValueError(f"phonon_cell must be one of {PHONON_CELLS}, got {cell!r}")
+    structure = (lambda ph: ph.supercell) if cell == "supercell" else (lambda ph: ph.unitcell)
     phonons, names = [], []
     for p in expand_datasets(paths):
         ph = load_phonopy_dataset(p)
-        if len(ph.supercell if cell == "supercell" else ph.unitcell) <= max_atoms:
+        if len(structure(ph)) <= max_atoms:
             if potential is not None:
                 check_species(potential, ph.supercell.numbers, where=str(p))
             phonons.append(ph)
@@ -260,7 +261,7 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
               f"({time.time() - t:.0f} s)", flush=True)
     items, fcs = [], []
     for ph, name, scale in zip(phonons, names, scales):
-        atoms = scaled_cell(phonopy_to_atoms(ph.supercell if cell == "supercell" else ph.unitcell), scale)
+        atoms = scaled_cell(phonopy_to_atoms(structure(ph)), scale)
         s = from_atoms(atoms)
         items.append((s, graph_of(s, cutoff, where=name), dict(forces=np.zeros((len(atoms), 3)))))
         fcs.append(np.asarray(ph.force_constants) if cell == "supercell" else unitcell_force_constants(ph))
