@@ -115,6 +115,37 @@ def pad_all(items: list, n_atoms: int | None = None, n_edges: int | None = None)
     return [pad_structure(s, g, n_atoms, n_edges, **labels) for s, g, labels in items]
 
 
+def size_buckets(n_edges, n_buckets: int, min_size: int = 1) -> np.ndarray:
+    """A bucket label per structure (0 = smallest) for `n_buckets` fixed-shape batches:
+    contiguous ranges of edge count, each of ≥ `min_size` structures, chosen to minimise the
+    padded work Σ_b n_b · max_b(edges) (dynamic programming over the sorted counts). One bucket
+    is one compiled program; 424 phonondb unit cells (edges 40–1976, mean 496) pad to 4.0× their
+    edges in one bucket, 1.5× in three."""
+    e = np.asarray(n_edges)
+    order = np.argsort(e, kind="stable")
+    srt = e[order].astype(float)
+    n = len(e)
+    n_buckets = max(1, min(n_buckets, n // max(min_size, 1)))
+    # cost[k, j]: least padded work of the j smallest structures in k buckets; cut: where bucket k starts
+    cost = np.full((n_buckets + 1, n + 1), np.inf)
+    cost[0, 0] = 0.0
+    cut = np.zeros((n_buckets + 1, n + 1), int)
+    starts = np.arange(n + 1)
+    for k in range(1, n_buckets + 1):
+        for j in range(k * min_size, n + 1):
+            i = starts[: j - min_size + 1]
+            total = cost[k - 1, i] + (j - i) * srt[j - 1]
+            cut[k, j] = int(np.argmin(total))
+            cost[k, j] = total[cut[k, j]]
+    labels = np.empty(n, int)
+    j = n
+    for k in range(n_buckets, 0, -1):
+        i = cut[k, j]
+        labels[order[i:j]] = k - 1
+        j = i
+    return labels
+
+
 def bucket_shape(n_atoms: int, n_edges: int) -> tuple[int, int]:
     """Padded (atoms, edges): atoms up to a multiple of 32, edges up the ladder 512·1.5^k."""
     atoms = 32 * int(np.ceil(n_atoms / 32))

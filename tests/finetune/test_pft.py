@@ -44,13 +44,30 @@ def _toy_data(n_up=6, n_hold=4):
     return phonon, jnp.asarray(fc), batching.take(up, np.arange(n_up)), batching.take(up, np.arange(n_up, n_up + n_hold))
 
 
-def _fit(tmp, k_up, steps, phonon, fc, up, lr=2e-3):
-    """`fit` of the PFT step (phonon-only when k_up = 0) from BASE; MAE losses, Adam."""
-    cfg = finetune.FinetuneConfig(model="toy", upstream_steps_per_phonon_step=k_up, phonon_batch_size=2,
+def _buckets(phonon, fc, split=False):
+    """The toy's phonon structures as one `PhononBucket`, or (split) one bucket each, padded
+    to its own size (as `load_phonon_training_set` with n_buckets=2)."""
+    if not split:
+        return [finetune.PhononBucket(np.arange(fc.shape[0]), phonon, fc)]
+    out = []
+    for k in range(fc.shape[0]):
+        s = batching.take(phonon, k)
+        n = int(s.node_mask.sum())
+        system = s.system._replace(positions=s.system.positions[:n], numbers=s.system.numbers[:n])
+        one = batching.pad_structure(system, s.graph, n, int(s.graph.mask.sum()), forces=s.forces[:n])
+        out.append(finetune.PhononBucket(np.array([k]), batching.stack([one]), fc[k:k + 1, :n, :n]))
+    return out
+
+
+def _fit(tmp, k_up, steps, buckets, up, lr=2e-3):
+    """`fit` of the PFT step (phonon-only when k_up = 0) from BASE; MAE losses, Adam; phonon
+    batches of 2 from one bucket, else 1 per bucket."""
+    cfg = finetune.FinetuneConfig(model="toy", upstream_steps_per_phonon_step=k_up,
+                                  phonon_batch_size=min(len(b.index) for b in buckets),
                                   upstream_batch_size=2, w_phonon_efs=(0.0, 0.0, 0.0))
     opt = training.make_optimizer(training.OptimizerConfig(learning_rate=lr, grad_clip=None))
     state, static = training.init_state(BASE, opt)
-    step_fn = finetune.make_step_fn(cfg, phonon, fc, up, opt)
+    step_fn = finetune.make_step_fn(cfg, buckets, up, opt)
     state = training.fit(state, static, step_fn, steps, tmp, checkpoint_every=1, progress=False)
     return state, static
 
@@ -67,10 +84,13 @@ def _fc_error(pot, phonon, fc):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
+    """Also with the phonon structures in two shape buckets (one compiled step each)."""
     phonon, fc, up, _ = _toy_data()
-    full, _ = _fit(tmp_path / "a", 1, 6, phonon, fc, up)
-    _fit(tmp_path / "b", 1, 3, phonon, fc, up)  # "killed" after 3 steps (last checkpoint)
-    resumed, _ = _fit(tmp_path / "b", 1, 6, phonon, fc, up)
+    buckets = _buckets(phonon, fc, split=True)
+    assert [b.structures.system.positions.shape[1] for b in buckets] == [8, 4]
+    full, _ = _fit(tmp_path / "a", 1, 6, buckets, up)
+    _fit(tmp_path / "b", 1, 3, buckets, up)  # "killed" after 3 steps (last checkpoint)
+    resumed, _ = _fit(tmp_path / "b", 1, 6, buckets, up)
     assert int(resumed.step) == int(full.step) == 12  # optimizer updates: (1 phonon + 1 upstream) × 6
     assert training.checkpoint_step(tmp_path / "b" / "checkpoint.eqx") == 6
     for a, b in zip(jax.tree.leaves(full.params) + jax.tree.leaves(full.ema),
@@ -88,8 +108,8 @@ def test_pft_reduces_fc_error_and_cotraining_bounds_forgetting(tmp_path):
     the upstream forces (> 50 meV/Å); with the recipe's co-training (k = 2, E/F/σ weights
     500/200/50 vs Hessian 100) the held-out upstream force error stays below 5 meV/Å."""
     phonon, fc, up, hold = _toy_data()
-    only, static = _fit(tmp_path / "only", 0, 40, phonon, fc, up, lr=1e-2)
-    co, _ = _fit(tmp_path / "co", 2, 40, phonon, fc, up, lr=1e-2)
+    only, static = _fit(tmp_path / "only", 0, 40, _buckets(phonon, fc), up, lr=1e-2)
+    co, _ = _fit(tmp_path / "co", 2, 40, _buckets(phonon, fc), up, lr=1e-2)
     models = {"base": BASE, "only": training.combine(only.params, static), "co": training.combine(co.params, static)}
     err = {k: _fc_error(m, phonon, fc) for k, m in models.items()}
     assert err["only"] < 0.1 * err["base"]
@@ -192,9 +212,10 @@ def test_model_volume_geometry_scales_the_dft_supercell_to_zero_model_pressure()
     lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)  # not Cr's lattice
     dft = load_phonopy_dataset(PHONONS / "Cr")
     n = len(dft.supercell)
-    _, ref, fc_ref = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "dft")
-    _, vol, fc_vol = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "model_volume")
-    np.testing.assert_array_equal(np.asarray(fc_vol), np.asarray(fc_ref))
+    [ref] = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "dft")[1]
+    [vol] = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "model_volume")[1]
+    np.testing.assert_array_equal(vol.fc, ref.fc)
+    ref, vol = ref.structures, vol.structures
     x_ref = np.asarray(ref.system.positions[0, :n])
     np.testing.assert_allclose(x_ref, dft.supercell.positions, atol=1e-12)
     cell_ref, cell_vol = np.asarray(ref.system.cell[0]), np.asarray(vol.system.cell[0])
@@ -204,8 +225,8 @@ def test_model_volume_geometry_scales_the_dft_supercell_to_zero_model_pressure()
     np.testing.assert_allclose(np.asarray(vol.system.positions[0, :n]), s * x_ref, atol=1e-10)
     unit = scaled_cell(phonopy_to_atoms(dft.unitcell), s)
     assert abs(np.asarray(compute(lj, from_atoms(unit))[0]["stress"])[:3].mean()) < 1e-4  # eV/Å³
-    _, half, _ = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "model_volume", 0.5)
-    np.testing.assert_allclose(np.asarray(half.system.cell[0]), np.sqrt(s) * cell_ref, rtol=1e-10)  # lattice × s^½
+    [half] = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "model_volume", 0.5)[1]
+    np.testing.assert_allclose(np.asarray(half.structures.system.cell[0]), np.sqrt(s) * cell_ref, rtol=1e-10)  # lattice × s^½
     with pytest.raises(ValueError, match="phonon_geometry"):
         finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, "relaxed")
 
@@ -219,7 +240,8 @@ def test_unitcell_training_structures_carry_the_folded_force_constants():
 
     lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)
     dft = load_phonopy_dataset(PHONONS / "Cr")
-    names, unit, fc = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 2, lj, cell="unitcell")
+    names, [bucket] = finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 2, lj, cell="unitcell")
+    unit, fc = bucket.structures, bucket.fc
     assert names == ["Cr"] and unit.system.positions.shape[1] == len(dft.unitcell) == 2
     np.testing.assert_allclose(np.asarray(unit.system.positions[0]), dft.unitcell.positions, atol=1e-12)
     np.testing.assert_allclose(fc[0], unitcell_force_constants(dft), atol=1e-12)

@@ -41,6 +41,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +90,8 @@ class FinetuneConfig:
     phonon_geometry: str = "dft"  # dft | model_volume: where the model's Hessian meets the DFT one (see module doc)
     phonon_cell: str = "supercell"  # supercell | unitcell: train on the DFT supercells or on the unit cells with the
     # force constants folded onto them (max_phonon_atoms and phonondb_max_atoms then count unit-cell atoms)
+    phonon_shape_buckets: int = 1  # pad the training structures to this many shapes by edge count (one compiled
+    # phonon step each; `batch.size_buckets`): less padding per step for more compilations
     model_volume_fraction: float = 1.0  # model_volume only: lattice × s**fraction (s: the model's zero-pressure scale)
     remat: bool = False  # recompute each interaction block in the phonon step's backward pass (same gradient; fewer
     # stored residuals, but XLA's CPU peak was measured higher: benchmarks/README.md)
@@ -137,7 +140,7 @@ class FinetuneConfig:
         if not 0 <= self.model_volume_fraction <= 1:
             raise ValueError(f"{where}: model_volume_fraction must be in [0, 1], got {self.model_volume_fraction!r}")
         at_least(where, self, 1, "steps", "phonon_batch_size", "upstream_batch_size", "n_probes", "checkpoint_every",
-                 "max_phonon_atoms", "phonondb_max_atoms", "n_pseudo", "max_pseudo_atoms")
+                 "max_phonon_atoms", "phonondb_max_atoms", "n_pseudo", "max_pseudo_atoms", "phonon_shape_buckets")
         at_least(where, self, 0, "upstream_steps_per_phonon_step", "eval_every", "n_holdout", "n_relax_eval",
                  "n_phonondb_test", "n_phonondb_validation", "n_phonondb_train", "eval_relax_max_atoms",
                  "phonondb_eval_max_displacements", "phonondb_eval_max_atoms", "rattle", "strain", "w_hessian", "seed")
@@ -227,9 +230,19 @@ def _reduced_formula(formula: str) -> str:
     return Formula(formula).reduce()[0].format("metal")
 
 
+class PhononBucket(NamedTuple):
+    """Training structures padded to one shape (one compiled phonon step)."""
+    index: np.ndarray  # (n,) their positions in the training set (its `names`)
+    structures: Batch  # (n, ...) padded structures
+    fc: np.ndarray     # (n, N_pad, N_pad, 3, 3) DFT force constants [eV/Å²], zero on padded atoms
+
+
 def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None, geometry: str = "dft",
-                             fraction: float = 1.0, cell: str = "supercell"):
-    """DFT structures + full force constants, padded to one shape. Returns (names, Batch, fc).
+                             fraction: float = 1.0, cell: str = "supercell", n_buckets: int = 1,
+                             min_bucket: int = 1) -> tuple[list, list[PhononBucket]]:
+    """DFT structures + full force constants, padded to `n_buckets` shapes. Returns
+    (names, [PhononBucket]): buckets of ≥ `min_bucket` structures by edge count
+    (`batch.size_buckets`), each padded to its largest structure.
 
     cell "supercell": the DFT supercells (≤ `max_atoms` atoms) and their force constants;
     "unitcell": the unit cells (≤ `max_atoms` atoms) and the force constants folded onto them
@@ -267,12 +280,17 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
         fcs.append(np.asarray(ph.force_constants) if cell == "supercell" else unitcell_force_constants(ph))
     if not items:
         raise ValueError(f"no phonon training data with ≤ {max_atoms} {cell} atoms in {list(paths)}")
-    structures = batching.pad_all(items)
-    n_pad = structures[0].system.positions.shape[0]
-    fc = np.zeros((len(fcs), n_pad, n_pad, 3, 3))
-    for k, f in enumerate(fcs):
-        fc[k, : f.shape[0], : f.shape[1]] = f
-    return names, batching.stack(structures), fc
+    labels = batching.size_buckets([int(np.sum(g.mask)) for _, g, _ in items], n_buckets, min_bucket)
+    buckets = []
+    for b in range(labels.max() + 1):
+        index = np.flatnonzero(labels == b)
+        structures = batching.pad_all([items[k] for k in index])
+        n_pad = structures[0].system.positions.shape[0]
+        fc = np.zeros((len(index), n_pad, n_pad, 3, 3))
+        for k, f in zip(range(len(index)), (fcs[k] for k in index)):
+            fc[k, : f.shape[0], : f.shape[1]] = f
+        buckets.append(PhononBucket(index, batching.stack(structures), fc))
+    return names, buckets
 
 
 def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tuple[Batch, Batch]:
@@ -319,11 +337,18 @@ def pseudo_label_pool(cfg: FinetuneConfig, potential) -> tuple[list, list]:
     return [r for r in pool if r.material_id in train], [r for r in pool if r.material_id in test]
 
 
-def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimizer, mesh=None):
+def make_step_fn(cfg: FinetuneConfig, phonon: list[PhononBucket], upstream: Batch, optimizer, mesh=None):
     """The composite (phonon + k upstream) step `(state, static, step, key) -> (state, metrics)`.
+    Each phonon batch comes from one bucket (`training.batch_indices` with the bucket labels).
     mesh (`curvax.parallel.data_mesh`): global batches of batch size × devices, split over them."""
     w_ph = EFSWeights(*cfg.w_phonon_efs)
     w_up = EFSWeights(*cfg.w_upstream_efs)
+    n_total = sum(len(b.index) for b in phonon)
+    bucket_of, position = np.zeros(n_total, int), np.zeros(n_total, int)
+    for k, b in enumerate(phonon):
+        bucket_of[b.index], position[b.index] = k, np.arange(len(b.index))
+    dtype = np.asarray(phonon[0].structures.system.positions).dtype
+    fcs = [jnp.asarray(b.fc, dtype) for b in phonon]
 
     def phonon_loss(model, b, key):
         batch, fcb = b
@@ -335,13 +360,13 @@ def make_step_fn(cfg: FinetuneConfig, phonon: Batch, fc, upstream: Batch, optimi
 
     ph_update = training.make_update(phonon_loss, optimizer, cfg.ema_decay, mesh)
     up_update = training.make_update(upstream_loss, optimizer, cfg.ema_decay, mesh)
-    fc = jnp.asarray(fc)
     n_up = upstream.energy.shape[0]
     n_dev = 1 if mesh is None else mesh.devices.size
 
     def step_fn(state, static, step, key):
-        idx = training.batch_indices(fc.shape[0], cfg.phonon_batch_size * n_dev, step, cfg.seed)
-        state, m = ph_update(state, static, (batching.take(phonon, idx), fc[idx]), key)
+        idx = training.batch_indices(n_total, cfg.phonon_batch_size * n_dev, step, cfg.seed, bucket_of)
+        k, local = bucket_of[idx[0]], position[idx]
+        state, m = ph_update(state, static, (batching.take(phonon[k].structures, local), fcs[k][local]), key)
         metrics = {f"phonon_{k}": v for k, v in m.items()}
         k_up = cfg.upstream_steps_per_phonon_step
         for j in range(k_up):
@@ -386,7 +411,7 @@ class PhononValidation:
         self.temperature, self.mesh, self.geometry, self.fraction = temperature, tuple(mesh), geometry, fraction
         self.dft = [load_phonopy_dataset(p) for p in paths]
         self.ref = [phonon_properties(d, temperature, self.mesh) for d in self.dft]
-        self.shapes = pft_eval.shape_groups(self.dft, base.cutoff) if paths else []
+        self.shapes = pft_eval.supercell_buckets(self.dft, base.cutoff) if paths else []
         self.base_mae = self.mae(base) if paths else None
 
     def mae(self, potential) -> dict:
@@ -419,11 +444,15 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     split = data_split(cfg, base.elements)
     atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
     cutoff = base.cutoff
-    names, phonon, fc = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,
-                                                 cfg.phonon_geometry, cfg.model_volume_fraction, cfg.phonon_cell)
-    print(f"phonon training set: {len(names)} {cfg.phonon_cell}s, padded to {phonon.system.positions.shape[1]} atoms / "
-          f"{phonon.graph.mask.shape[1]} edges; {len(split['validation'])} validation and "
-          f"{len(split['test'])} test materials", flush=True)
+    mesh = parallel.data_mesh(cfg.devices)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    names, phonon = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base, cfg.phonon_geometry,
+                                             cfg.model_volume_fraction, cfg.phonon_cell, cfg.phonon_shape_buckets,
+                                             cfg.phonon_batch_size * n_dev)
+    shapes = ", ".join(f"{len(b.index)} × {b.structures.system.positions.shape[1]} atoms / "
+                       f"{b.structures.graph.mask.shape[1]} edges" for b in phonon)
+    print(f"phonon training set: {len(names)} {cfg.phonon_cell}s, padded to {shapes}; {len(split['validation'])} "
+          f"validation and {len(split['test'])} test materials", flush=True)
     upstream, holdout = load_upstream_set(cfg, base, cutoff)
     print(f"upstream set: {upstream.energy.shape[0]} training + {holdout.energy.shape[0]} held-out frames"
           f" ({'files' if cfg.upstream_files else 'pseudo-labels of the base model'})", flush=True)
@@ -431,9 +460,7 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
                                           **cfg.optimizer})
     optimizer = training.make_optimizer(opt_cfg)
     state, static = training.init_state(base, optimizer)
-    mesh = parallel.data_mesh(cfg.devices)
-    step_fn = make_step_fn(cfg, phonon, fc.astype(np.asarray(phonon.system.positions).dtype), upstream, optimizer,
-                           mesh)
+    step_fn = make_step_fn(cfg, phonon, upstream, optimizer, mesh)
     if mesh is not None:
         print(f"data parallel over {mesh.devices.size} devices: global batches of {cfg.phonon_batch_size} × "
               f"{mesh.devices.size} phonon and {cfg.upstream_batch_size} × {mesh.devices.size} upstream structures",

@@ -107,14 +107,29 @@ def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99, mesh=None
     return data_parallel_update
 
 
-def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+def batch_indices(n_items: int, batch_size: int, step: int, seed: int, groups=None) -> np.ndarray:
     """Indices of the batch used at `step`: epoch-wise permutations, a pure function of
-    (step, seed), so a resumed run sees the same batches as an uninterrupted one."""
+    (step, seed), so a resumed run sees the same batches as an uninterrupted one.
+
+    groups: a label per item (e.g. `batch.size_buckets`): every batch then comes from one group —
+    the epoch's permutation is cut per group into batches (a group's remainder is dropped) taken
+    in the order of their first member in the permutation, so each item is drawn as often as
+    without groups, and a single group gives the ungrouped batches."""
     batch_size = min(batch_size, n_items)
-    per_epoch = max(n_items // batch_size, 1)
+    labels = np.zeros(n_items, int) if groups is None else np.asarray(groups)
+    per_epoch = max(sum(int(np.sum(labels == g)) // batch_size for g in np.unique(labels)), 1)
     epoch, pos = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n_items)
-    return perm[pos * batch_size: (pos + 1) * batch_size]
+    rank = np.empty(n_items, int)
+    rank[perm] = np.arange(n_items)
+    batches = []
+    for g in np.unique(labels):
+        members = perm[labels[perm] == g]
+        batches += [members[k:k + batch_size] for k in range(0, len(members) - batch_size + 1, batch_size)]
+    if not batches:
+        raise ValueError(f"no group holds a batch of {batch_size} items")
+    batches.sort(key=lambda b: rank[b[0]])
+    return batches[pos]
 
 
 def save_checkpoint(path, state: TrainState, meta: dict | None = None) -> None:
