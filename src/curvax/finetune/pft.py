@@ -31,6 +31,11 @@ the DFT force constants folded onto them (`phonons.fc2.unitcell_force_constants`
 points commensurate with the unit cell), so simple crystals with 64–96-atom supercells train at
 the cost of their 2–16-atom unit cells (README "Simple crystals").
 
+Shapes (`phonon_shape_buckets`): the training structures are padded to that many shapes by
+edge count (`batch.size_buckets`) and every phonon batch is drawn from one of them
+(`training.batch_indices` with groups): one compiled step per shape, each structure padded to
+its bucket's largest instead of the set's largest (the main job: 3.2 s per step instead of 6.3).
+
 Config: a YAML file (see `configs/pft-nequix-mp.yaml`); `FinetuneConfig` documents every key.
 Outputs in `workdir`: checkpoint.eqx, best.eqx, metrics.csv, eval.csv, config.yaml, split.json,
 model.nqx (EMA weights; loads with `curvax.load_potential` and `nequix.model.load_model`).
