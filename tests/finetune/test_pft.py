@@ -253,3 +253,22 @@ def test_unitcell_training_structures_carry_the_folded_force_constants():
         finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 1, lj, cell="unitcell")
     with pytest.raises(ValueError, match="phonon_cell"):
         finetune.load_phonon_training_set([PHONONS / "Cr"], lj.cutoff, 64, lj, cell="primitive")
+
+
+def test_shape_buckets_hold_the_same_structures_and_force_constants():
+    """n_buckets=2 over the unit cells of Cr (2 atoms) and NaCl (8 atoms): each in its own bucket,
+    padded to its own size, with the same positions and folded force constants as in one
+    bucket padded to the larger; together the buckets index every structure once."""
+    lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)
+    paths = [PHONONS / "Cr", PHONONS / "NaCl"]
+    names, [one] = finetune.load_phonon_training_set(paths, lj.cutoff, 8, lj, cell="unitcell")
+    names2, two = finetune.load_phonon_training_set(paths, lj.cutoff, 8, lj, cell="unitcell", n_buckets=2)
+    assert names == names2 == ["Cr", "NaCl"] and len(two) == 2
+    assert sorted(int(b.index[0]) for b in two) == [0, 1]
+    assert [b.structures.system.positions.shape[1] for b in two] == [2, 8]  # the smaller first
+    for b in two:
+        k, n = int(b.index[0]), b.structures.system.positions.shape[1]
+        np.testing.assert_array_equal(np.asarray(b.structures.system.positions[0]),
+                                      np.asarray(one.structures.system.positions[k, :n]))
+        np.testing.assert_array_equal(b.fc[0], one.fc[k, :n, :n])
+        assert int(b.structures.graph.mask.sum()) == int(one.structures.graph.mask[k].sum())
