@@ -320,8 +320,10 @@ def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tup
                          f"structures with ≤ {cfg.max_pseudo_atoms} atoms, need n_pseudo={cfg.n_pseudo} "
                          f"and n_holdout={cfg.n_holdout}")
     items = []
-    for r in [train[k] for k in rng.choice(len(train), cfg.n_pseudo, replace=False)] + test[:cfg.n_holdout]:
-        s = from_atoms(relax_data.perturb(r.atoms, cfg.rattle, cfg.strain, rng))
+    held_rng = np.random.default_rng([cfg.seed, 1])  # the held-out frames do not depend on n_pseudo
+    for r, r_rng in ([(train[k], rng) for k in rng.choice(len(train), cfg.n_pseudo, replace=False)]
+                     + [(r, held_rng) for r in test[:cfg.n_holdout]]):
+        s = from_atoms(relax_data.perturb(r.atoms, cfg.rattle, cfg.strain, r_rng))
         items.append((s, graph_of(s, cutoff, where=r.material_id), {}))
     labelled = efs_data.pseudo_label(base_potential, batching.stack(batching.pad_all(items)))
     n = cfg.n_pseudo + cfg.n_holdout
