@@ -319,16 +319,17 @@ def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tup
         raise ValueError(f"{cfg.pseudo_label_structures}: {len(train)}/{len(test)} usable train/test "
                          f"structures with ≤ {cfg.max_pseudo_atoms} atoms, need n_pseudo={cfg.n_pseudo} "
                          f"and n_holdout={cfg.n_holdout}")
-    items = []
-    held_rng = np.random.default_rng([cfg.seed, 1])  # the held-out frames do not depend on n_pseudo
-    for r, r_rng in ([(train[k], rng) for k in rng.choice(len(train), cfg.n_pseudo, replace=False)]
-                     + [(r, held_rng) for r in test[:cfg.n_holdout]]):
-        s = from_atoms(relax_data.perturb(r.atoms, cfg.rattle, cfg.strain, r_rng))
-        items.append((s, graph_of(s, cutoff, where=r.material_id), {}))
-    labelled = efs_data.pseudo_label(base_potential, batching.stack(batching.pad_all(items)))
-    n = cfg.n_pseudo + cfg.n_holdout
-    return (batching.take(labelled, np.arange(cfg.n_pseudo)),
-            batching.take(labelled, np.arange(cfg.n_pseudo, n)))
+    def labelled(records, r_rng):
+        items = []
+        for r in records:
+            s = from_atoms(relax_data.perturb(r.atoms, cfg.rattle, cfg.strain, r_rng))
+            items.append((s, graph_of(s, cutoff, where=r.material_id), {}))
+        return efs_data.pseudo_label(base_potential, batching.stack(batching.pad_all(items)))
+
+    # each padded to its own largest; the held-out frames draw from their own random stream,
+    # so neither their shapes nor their rattles change with n_pseudo
+    return (labelled([train[k] for k in rng.choice(len(train), cfg.n_pseudo, replace=False)], rng),
+            labelled(test[:cfg.n_holdout], np.random.default_rng([cfg.seed, 1])))
 
 
 def pseudo_label_pool(cfg: FinetuneConfig, potential) -> tuple[list, list]:
