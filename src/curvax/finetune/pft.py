@@ -292,8 +292,8 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
         structures = batching.pad_all([items[k] for k in index])
         n_pad = structures[0].system.positions.shape[0]
         fc = np.zeros((len(index), n_pad, n_pad, 3, 3))
-        for k, f in zip(range(len(index)), (fcs[k] for k in index)):
-            fc[k, : f.shape[0], : f.shape[1]] = f
+        for j, k in enumerate(index):
+            fc[j, : fcs[k].shape[0], : fcs[k].shape[1]] = fcs[k]
         buckets.append(PhononBucket(index, batching.stack(structures), fc))
     return names, buckets
 
@@ -373,8 +373,8 @@ def make_step_fn(cfg: FinetuneConfig, phonon: list[PhononBucket], upstream: Batc
 
     def step_fn(state, static, step, key):
         idx = training.batch_indices(n_total, cfg.phonon_batch_size * n_dev, step, cfg.seed, bucket_of)
-        k, local = bucket_of[idx[0]], position[idx]
-        state, m = ph_update(state, static, (batching.take(phonon[k].structures, local), fcs[k][local]), key)
+        b, local = bucket_of[idx[0]], position[idx]
+        state, m = ph_update(state, static, (batching.take(phonon[b].structures, local), fcs[b][local]), key)
         metrics = {f"phonon_{k}": v for k, v in m.items()}
         k_up = cfg.upstream_steps_per_phonon_step
         for j in range(k_up):
