@@ -272,3 +272,30 @@ def test_shape_buckets_hold_the_same_structures_and_force_constants():
                                       np.asarray(one.structures.system.positions[k, :n]))
         np.testing.assert_array_equal(b.fc[0], one.fc[k, :n, :n])
         assert int(b.structures.graph.mask.sum()) == int(one.structures.graph.mask[k].sum())
+
+
+def test_upstream_files_split_into_training_and_held_out_frames(tmp_path):
+    """upstream_files: n_holdout frames held out, the rest for training, each part padded to its
+    own largest frame, every frame with the labels of its file (E, F; no stress: NaN)."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from curvax import compute
+
+    rng = np.random.default_rng(1)
+    frames = []
+    for k in range(5):
+        atoms = perturb(bulk("Cu", "fcc", a=3.6, cubic=True) * ((2, 1, 1) if k == 0 else (1, 1, 1)), 0.05, 0.0, rng)
+        r = compute(BASE, from_atoms(atoms))[0]
+        atoms.calc = SinglePointCalculator(atoms, energy=float(r["energy"]), forces=np.asarray(r["forces"]))
+        frames.append(atoms)
+    ase.io.write(tmp_path / "up.extxyz", frames)
+    cfg = finetune.FinetuneConfig(model="toy", upstream_files=[str(tmp_path / "up.extxyz")], n_holdout=2)
+    train, held = finetune.load_upstream_set(cfg, BASE, BASE.cutoff)
+    assert train.energy.shape[0] == 3 and held.energy.shape[0] == 2
+    sizes = sorted([int(n) for n in np.asarray(train.n_atoms)] + [int(n) for n in np.asarray(held.n_atoms)])
+    assert sizes == [4, 4, 4, 4, 8]
+    for part in (train, held):  # the part without the 8-atom frame is padded to 4, not 8
+        assert part.system.positions.shape[1] == int(np.max(np.asarray(part.n_atoms)))
+    energies = sorted(np.concatenate([np.asarray(train.energy), np.asarray(held.energy)]))
+    np.testing.assert_allclose(energies, sorted(a.get_potential_energy() for a in frames), rtol=1e-12)

@@ -60,6 +60,7 @@ def pseudo_label(potential, batch: Batch, chunk: int = 16) -> Batch:
     shares one program; the whole batch at once needs memory ∝ its size: 264 Nequix cells of
     ≤ 8 atoms asked for 28 GB)."""
     n = int(batch.energy.shape[0])
+    chunk = min(chunk, n)  # a small batch is not padded up to `chunk`
     out = []
     for c in range(0, n, chunk):
         idx = np.arange(c, c + chunk)

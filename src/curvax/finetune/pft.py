@@ -309,11 +309,12 @@ def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tup
             check_species(base_potential, a.numbers, where=f"upstream frame {k}")
         if len(frames) <= cfg.n_holdout:
             raise ValueError(f"{cfg.upstream_files}: {len(frames)} frames, need more than n_holdout={cfg.n_holdout}")
-        structures = batching.pad_all(efs_data.frames_to_structures(frames, cutoff))
-        order = rng.permutation(len(structures))
-        split = len(structures) - cfg.n_holdout
-        return (batching.stack([structures[k] for k in order[:split]]),
-                batching.stack([structures[k] for k in order[split:]]))
+        items = efs_data.frames_to_structures(frames, cutoff)
+        order = rng.permutation(len(items))
+        split = len(items) - cfg.n_holdout
+        # each part padded to its own largest, as the pseudo-labels below
+        return tuple(batching.stack(batching.pad_all([items[k] for k in part]))
+                     for part in (order[:split], order[split:]))
     train, test = pseudo_label_pool(cfg, base_potential)
     if len(train) < cfg.n_pseudo or len(test) < cfg.n_holdout:
         raise ValueError(f"{cfg.pseudo_label_structures}: {len(train)}/{len(test)} usable train/test "
