@@ -113,3 +113,23 @@ def test_unitcell_training_split_keeps_the_held_out_materials():
     assert not held & {_reduced_formula(entries[p].formula) for p in uni["train"]}
     with pytest.raises(ValueError, match="train_cell must be one of"):
         phonondb_split(PHONONDB, 8, 1, 1, train_cell="primitive")
+
+
+def test_unitcell_alone_equals_the_full_load_and_feeds_relaxation_data():
+    """`phonondb_unitcell` reads only POSCAR-unitcell: the same crystal as the full phonopy load;
+    a phonondb folder is relaxation data (its PBEsol unit cells, ≤ max_atoms, manifest order)."""
+    from curvax.phonons.convert import phonopy_to_atoms
+    from curvax.phonons.data import phonondb_unitcell
+    from curvax.relax.data import load_dft_relaxed
+
+    entry = _small_insulator()
+    atoms, ref = phonondb_unitcell(entry.path), phonopy_to_atoms(load_phonopy_dataset(entry.path).unitcell)
+    assert len(atoms) == entry.n_unitcell and list(atoms.numbers) == list(ref.numbers)
+    np.testing.assert_allclose(atoms.cell.array, ref.cell.array, atol=1e-10)
+    np.testing.assert_allclose(atoms.get_scaled_positions(), ref.get_scaled_positions(), atol=1e-10)
+    records = load_dft_relaxed(PHONONDB, max_atoms=5, limit=5)
+    first = [e for e in phonondb_entries(PHONONDB) if e.n_unitcell <= 5][:5]
+    assert [r.material_id for r in records] == [e.mp_id for e in first]
+    assert all(len(r.atoms) <= 5 and np.isnan(r.energy) for r in records)
+    with pytest.raises(ValueError, match="no phonondb unit cells with ≤ 0 atoms"):
+        load_dft_relaxed(PHONONDB, max_atoms=0)

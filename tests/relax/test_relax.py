@@ -138,6 +138,47 @@ def test_relaxers_reach_fmax_and_padding_is_inert(method, kw):
     assert np.abs(final.get_stress()).max() * final.get_volume() / 4 < 1e-3
 
 
+@pytest.mark.parametrize("method,kw", [("fire", {}), ("sd", {"step_size": 0.002})])
+def test_no_gradient_loop_stops_at_convergence_with_the_scan_result(method, kw):
+    """NoGradient's while loop gives the scan's end points and step counts (structures that
+    converge at different steps in one batch; one that does not converge), and stops early: its
+    cost does not grow with the step budget, the scan's does."""
+    from curvax.relax.adjoints import NoGradient
+
+    a, _ = vacancy(seed=1)
+    b, _ = strained_fcc(seed=2)
+    batch = make_batch([from_atoms(a), from_atoms(b)], RC, SKIN)
+    for fmax in (1e-3, 1e-12):  # converged / budget exhausted
+        scan = relax_jit(lj(), batch, cell=True, steps=600, fmax=fmax, method=method, skin=SKIN, **kw)
+        loop = relax_jit(lj(), batch, cell=True, steps=600, fmax=fmax, method=method, skin=SKIN,
+                         adjoint=NoGradient(), **kw)
+        np.testing.assert_array_equal(np.asarray(loop.n_steps), np.asarray(scan.n_steps))
+        np.testing.assert_array_equal(np.asarray(loop.converged), np.asarray(scan.converged))
+        np.testing.assert_allclose(np.asarray(loop.positions), np.asarray(scan.positions), atol=1e-12)
+        np.testing.assert_allclose(np.asarray(loop.cell), np.asarray(scan.cell), atol=1e-12)
+    assert bool(np.any(scan.n_steps == 600)) and not bool(np.all(scan.converged))  # one ran out of steps
+    from typing import NamedTuple
+
+    from curvax.relax.optimizers import unroll
+
+    class Toy(NamedTuple):  # fmax = 10 − x falls below 5 after 6 steps
+        x: jnp.ndarray
+        fmax: jnp.ndarray
+
+    def force_calls(steps, early_exit):
+        calls = []
+
+        def step(s):
+            jax.debug.callback(lambda: calls.append(1))
+            return Toy(s.x + 1.0, 9.0 - s.x)
+
+        _, n = jax.jit(lambda s: unroll(step, s, steps, 5.0, early_exit=early_exit))(Toy(jnp.zeros(()), jnp.full((), 10.0)))
+        jax.effects_barrier()
+        return len(calls), int(n)
+
+    assert force_calls(50, True) == (6, 6) and force_calls(50, False) == (50, 6)
+
+
 def test_cell_relaxation_agrees_with_ase_fire_frechet():
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE

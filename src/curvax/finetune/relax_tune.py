@@ -49,7 +49,7 @@ from curvax.finetune import training
 from curvax.io import atomic_write
 from curvax.potentials import check_species, load_potential, save_potential
 from curvax.relax import data as relax_data
-from curvax.relax.adjoints import GRAD_MODES, from_name
+from curvax.relax.adjoints import GRAD_MODES, NoGradient, from_name
 from curvax.relax.driver import evaluate_batch, make_batch, relax
 from curvax.relax.metrics import LossWeights, batch_loss, relaxation_summary, rms_displacement, volume_error
 from curvax.system import from_atoms
@@ -242,7 +242,8 @@ def make_loss(cfg: RelaxTuneConfig):
 
 @eqx.filter_jit
 def _relax_eval(potential, start, target, steps, fmax, cell, method, skin, relaxer):
-    r = relax(potential, start, cell=cell, method=method, steps=steps, fmax=fmax, skin=skin, **dict(relaxer))
+    r = relax(potential, start, cell=cell, method=method, steps=steps, fmax=fmax, skin=skin, adjoint=NoGradient(),
+              **dict(relaxer))
     t = target.system
     rms = jax.vmap(rms_displacement)(r.positions, r.cell, t.positions, t.cell, t.numbers, target.node_mask)
     dv = jax.vmap(volume_error)(r.cell, t.cell)

@@ -287,10 +287,13 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
 
 
 def file_fingerprint(path) -> str | None:
-    """sha256 (16 hex digits) of a file, or None if `path` is not a file (a registered name, a spec)."""
+    """sha256 (16 hex digits) of a file (of a phonondb folder: its manifest.csv), or None if
+    `path` is neither (a registered name, a spec)."""
     import hashlib
 
     path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.csv"
     if not path.is_file():
         return None
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

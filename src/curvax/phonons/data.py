@@ -41,7 +41,7 @@ from curvax.system import from_atoms
 from curvax.validation import check_system
 
 __all__ = ["load_phonopy_dataset", "list_datasets", "infer_supercell_matrix", "dataset_name",
-           "phonondb_entries", "PhonondbEntry"]
+           "phonondb_entries", "PhonondbEntry", "phonondb_unitcell"]
 
 _PARAMS_RE = re.compile(r"^phonopy_.*\.yaml(\.xz)?$")
 _DISP_NAMES = ("phonopy_disp.yaml", "phonopy_disp.yaml.xz")
@@ -367,25 +367,49 @@ def _fraction(x: str) -> float:
     return float(num) / float(den) if den else float(num)
 
 
-def _load_phonondb_archive(path: Path, kw: dict):
-    """Read POSCAR-unitcell, phonopy.conf, FORCE_SETS (and BORN) from the archive in memory
-    (written to a temporary folder only for phonopy's file readers)."""
+def _read_phonondb_archive(path: Path, names, required) -> dict:
+    """{file name: text} of the archive members named in `names` (read in memory); every name in
+    `required` must be there."""
     import lzma
     import tarfile
-    import tempfile
 
-    import phonopy
-
-    names = ("POSCAR-unitcell", "phonopy.conf", "FORCE_SETS", "BORN")
     try:
         with tarfile.open(path) as tar:
             files = {Path(m.name).name: tar.extractfile(m).read().decode()
                      for m in tar.getmembers() if m.isfile() and Path(m.name).name in names}
     except (tarfile.TarError, lzma.LZMAError, EOFError, OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: unreadable phonondb archive ({type(exc).__name__}: {exc})") from None
-    for need in names[:3]:
+    for need in required:
         if need not in files:
             raise ValueError(f"{path}: archive has no {need}")
+    return files
+
+
+def phonondb_unitcell(path):
+    """The DFT-relaxed (PBEsol) unit cell of a phonondb archive (its POSCAR-unitcell) as
+    `ase.Atoms` (Å), without reading the forces: the relaxed crystals of relaxation data."""
+    import io
+
+    from ase.io import read
+
+    text = _read_phonondb_archive(Path(path), ("POSCAR-unitcell",), ("POSCAR-unitcell",))["POSCAR-unitcell"]
+    try:
+        atoms = read(io.StringIO(text), format="vasp")
+    except Exception as exc:
+        raise ValueError(f"{path}:POSCAR-unitcell: unreadable ({type(exc).__name__}: {exc})") from None
+    check_system(from_atoms(atoms), f"{path}:POSCAR-unitcell")
+    return atoms
+
+
+def _load_phonondb_archive(path: Path, kw: dict):
+    """Read POSCAR-unitcell, phonopy.conf, FORCE_SETS (and BORN) from the archive in memory
+    (written to a temporary folder only for phonopy's file readers)."""
+    import tempfile
+
+    import phonopy
+
+    names = ("POSCAR-unitcell", "phonopy.conf", "FORCE_SETS", "BORN")
+    files = _read_phonondb_archive(path, names, names[:3])
     where = f"{path}:phonopy.conf"
     smat = _read_conf_matrix(files["phonopy.conf"], "DIM", where)
     if smat is None:

@@ -3,6 +3,7 @@
     relax(potential, batch, adjoint=Unrolled())           # plain BPTT through the scan
     relax(potential, batch, adjoint=Checkpointed(10))     # BPTT, segments of 10 steps recomputed
     relax(potential, batch, adjoint=Implicit(cg_tol=1e-10))   # implicit function theorem
+    relax(potential, batch, adjoint=NoGradient())         # evaluation: stops at convergence
 
 - `Unrolled()`: backpropagation through `lax.scan`; memory ∝ steps.
 - `Checkpointed(segment)`: the scan is cut into segments of `segment` steps (default ⌈√steps⌉),
@@ -14,6 +15,9 @@
   antisymmetric part of e projected out. Memory is independent of the number of steps; exact
   only at a converged minimum.
   Ref.: Blondel et al., Efficient and modular implicit differentiation, NeurIPS 2022.
+- `NoGradient()`: nothing is differentiated through the relaxation (evaluation, screening);
+  its loop exits as soon as every structure has converged instead of running all `steps`
+  (a relaxation that converges in 20 of 500 steps costs 20 force calls, not 500).
 - `Hybrid(unrolled_steps=K, step_size=η)`: the first K steps are unrolled with gradients (the
   "basin selection" phase; checkpointed with `segment_length`), the remaining m = T − K run
   without, and the end point z_T gets the gradient of a linear model of the tail about it:
@@ -25,10 +29,12 @@
   FIRE a stated approximation). Ref.: Zhang, Dramko, Kyrillidis, "Which valley, and how deep"
   (Rice AI-OWLS, 2026): unrolled basin selection + implicit equilibrium phase.
 
-An adjoint says four things to the driver: how many leading steps are differentiated
+An adjoint says five things to the driver: how many leading steps are differentiated
 (`head_steps(steps)`, None: all), the checkpoint segment of the unrolled scan
 (`segment(steps)`), whether the forward relaxation sees differentiable parameters
-(`forward_params`), and what is attached to the end point (`attach`).
+(`forward_params`), whether its loop may exit at convergence (`early_exit`: nothing is
+backpropagated through it; the undifferentiated tail of `Hybrid` always does), and what is
+attached to the end point (`attach`).
 `from_name("bptt" | "checkpoint" | "implicit" | "hybrid", ...)` maps the config files' `grad_mode`.
 """
 from __future__ import annotations
@@ -62,6 +68,11 @@ class AbstractAdjoint:
         """The parameters the forward relaxation sees."""
         return params
 
+    @property
+    def early_exit(self) -> bool:
+        """The (whole) forward loop is not backpropagated through: it may stop at convergence."""
+        return False
+
     def attach(self, z, params, static, batch: Batch, cell: bool, cf, z_head=None, tail_steps: int = 0):
         """The end point z of the relaxation, with the gradient path this adjoint gives it
         (z_head: the state after the `head_steps` differentiated steps, `tail_steps` before z)."""
@@ -85,6 +96,22 @@ class Checkpointed(AbstractAdjoint):
 
 
 @dataclasses.dataclass(frozen=True)
+class NoGradient(AbstractAdjoint):
+    """No gradient through the relaxation (evaluation): the parameters are stopped and the loop
+    exits when every structure has converged."""
+
+    def forward_params(self, params):
+        return jax.lax.stop_gradient(params)
+
+    @property
+    def early_exit(self) -> bool:
+        return True
+
+    def attach(self, z, params, static, batch: Batch, cell: bool, cf, z_head=None, tail_steps: int = 0):
+        return jax.lax.stop_gradient(z)
+
+
+@dataclasses.dataclass(frozen=True)
 class Implicit(AbstractAdjoint):
     """Implicit gradient at the end point (CG on Hessian-vector products; see module doc).
     damping: λ in (H + λ) w = ∂L/∂z*, for nearly singular Hessians."""
@@ -95,6 +122,10 @@ class Implicit(AbstractAdjoint):
 
     def forward_params(self, params):
         return jax.lax.stop_gradient(params)
+
+    @property
+    def early_exit(self) -> bool:
+        return True
 
     def attach(self, z, params, static, batch: Batch, cell: bool, cf, z_head=None, tail_steps: int = 0):
         z = jax.lax.stop_gradient(z)

@@ -2,7 +2,8 @@
 
 - `load_dft_relaxed(path)`: pymatgen-JSON list (matcalc benchmark format, e.g.
   `wbm-random-pbe52-equilibrium-2025.1.json.gz`) of {material_id, structure, energy, ...}
-  -> `RelaxRecord`s with `ase.Atoms` (Å) and the DFT total energy (eV).
+  -> `RelaxRecord`s with `ase.Atoms` (Å) and the DFT total energy (eV); or a phonondb folder
+  (`manifest.csv` + archives): its PBEsol-relaxed unit cells (no energies).
 - `perturb(atoms, rattle, strain, rng)`: starting structure = DFT structure deformed by a random
   symmetric strain, x → x(I + ε), ε_ab ~ U(−strain, strain), then rattled x_i += N(0, rattle²) Å.
 - `split_by_material(ids, fractions, seed)`: train/validation/test by a hash of (seed, id), so a
@@ -46,11 +47,14 @@ def read_json(path: Path):
 
 
 def load_dft_relaxed(path, max_atoms: int | None = None, limit: int | None = None) -> list[RelaxRecord]:
-    """Read DFT-relaxed structures (pymatgen JSON). Skips structures with > max_atoms atoms."""
+    """Read DFT-relaxed structures: a pymatgen JSON(.gz) list, or a phonondb folder (its PBEsol
+    unit cells, manifest order; no energies). Skips structures with > max_atoms atoms."""
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
     path = Path(path)
+    if path.is_dir() and (path / "manifest.csv").is_file():
+        return _load_phonondb_unitcells(path, max_atoms, limit)
     if not path.is_file():
         raise FileNotFoundError(f"relaxation data not found: {path}")
     data = read_json(path)
@@ -82,6 +86,23 @@ def load_dft_relaxed(path, max_atoms: int | None = None, limit: int | None = Non
             break
     if not out:
         raise ValueError(f"{path}: no usable structures (max_atoms={max_atoms})")
+    return out
+
+
+def _load_phonondb_unitcells(root: Path, max_atoms: int | None, limit: int | None) -> list[RelaxRecord]:
+    from curvax.phonons.data import phonondb_entries, phonondb_unitcell
+
+    out = []
+    for e in phonondb_entries(root):
+        if max_atoms is not None and e.n_unitcell > max_atoms:
+            continue
+        atoms = phonondb_unitcell(e.path)
+        atoms.info["material_id"] = e.mp_id
+        out.append(RelaxRecord(e.mp_id, atoms, np.nan))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"{root}: no phonondb unit cells with ≤ {max_atoms} atoms")
     return out
 
 

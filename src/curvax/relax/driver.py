@@ -4,7 +4,8 @@ and `relax_volume`, and batches of padded structures (`make_batch`, `unbatch`).
 `relax` unrolls a relaxer of `curvax.relax.optimizers` over the generalized coordinates of
 `curvax.relax.coordinates` (positions, and the cell with `cell=True`) for every structure of a
 padded `curvax.batch.Batch`, freezing converged ones; gradients flow as the adjoint object says
-(`curvax.relax.adjoints`: `Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`, `Hybrid(...)`).
+(`curvax.relax.adjoints`: `Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`, `Hybrid(...)`,
+`NoGradient()`).
 
 The neighbour graph is allocated once with `cutoff + skin` and held fixed. A pair not in the
 list started farther than r_c + skin, so it is still beyond r_c after the unroll if
@@ -22,7 +23,7 @@ import numpy as np
 from curvax import batch as batching
 from curvax.batch import Batch
 from curvax.potentials.base import check_species, parameter_dtype
-from curvax.relax.adjoints import AbstractAdjoint, Unrolled
+from curvax.relax.adjoints import AbstractAdjoint, NoGradient, Unrolled
 from curvax.relax.coordinates import Coords, Evaluation, _safe_norm, deformation, evaluate, scaled_cell, structure
 from curvax.relax.optimizers import RELAXERS, unroll
 from curvax.system import System, from_atoms, to_atoms
@@ -80,7 +81,8 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
 
     batch: `make_batch` output (graphs allocated at cutoff + skin, held fixed).
     method: "fire" | "sd"; steps: unrolled steps; fmax [eV/Å]; adjoint: how gradients flow
-    (`Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`, `Hybrid(K, η)`: `curvax.relax.adjoints`);
+    (`Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`, `Hybrid(K, η)`, `NoGradient()`:
+    `curvax.relax.adjoints`);
     cutoff, skin [Å]: the graph's cutoff is cutoff + skin (cutoff defaults to
     potential.cutoff), used only for `graph_ok`. relaxer_kwargs go to the relaxer factory
     (e.g. dt, max_step, step_size).
@@ -88,7 +90,8 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
     if method not in RELAXERS:
         raise ValueError(f"unknown relaxer {method!r}; choose one of {sorted(RELAXERS)}")
     if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(f"adjoint must be Unrolled(), Checkpointed(...), Implicit(...) or Hybrid(...), got {adjoint!r}")
+        raise TypeError(f"adjoint must be Unrolled(), Checkpointed(...), Implicit(...), Hybrid(...) or NoGradient(), "
+                        f"got {adjoint!r}")
     rc = float(potential.cutoff if cutoff is None else cutoff)
     segment = adjoint.segment(steps)
     dtype = batch.system.positions.dtype
@@ -113,12 +116,12 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
         init, step = relaxer(run_params, relaxer_kwargs)
         z0 = Coords(y0, jnp.zeros((3, 3), dtype))
         if head is None:
-            s, n = unroll(step, init(z0), steps, fmax, segment)
+            s, n = unroll(step, init(z0), steps, fmax, segment, adjoint.early_exit)
             return s.z, s.z, s.fmax, n
         s, n = unroll(step, init(z0), head, fmax, segment)  # differentiated head ...
         tail_step = relaxer(jax.lax.stop_gradient(params),  # ... then the tail without gradients
                             on_arrays(jax.lax.stop_gradient, relaxer_kwargs))[1]
-        t, n_tail = unroll(tail_step, jax.lax.stop_gradient(s), steps - head, fmax)
+        t, n_tail = unroll(tail_step, jax.lax.stop_gradient(s), steps - head, fmax, early_exit=True)
         return s.z, t.z, t.fmax, n + n_tail
 
     columns = (batch.system.cell, batch.system.numbers, batch.graph, batch.node_mask, cf)
@@ -187,7 +190,7 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
             cap = max(cap, int(np.ceil(1.2 * int(np.sum(np.asarray(graph.mask))))) + 1)
             batch = make_batch([cur], potential.cutoff, skin, n_atoms=n_pad, n_edges=cap)
             res = relax_jit(potential, batch, cell=cell, method=method, steps=n, fmax=fmax, skin=skin,
-                            **kwargs)
+                            adjoint=NoGradient(), **kwargs)
             if not bool(res.graph_ok[0]) and n > 1:
                 n_chunk = max(1, n // 2)
                 continue

@@ -1,5 +1,6 @@
 """Relaxers as pure (init, step) pairs over generalized coordinates (`curvax.relax.coordinates`),
-and `unroll`, which runs one with `lax.scan` and freezes a structure once it has converged.
+and `unroll`, which runs one (`lax.scan`, or a `lax.while_loop` that exits at convergence when
+nothing is differentiated through it) and freezes a structure once it has converged.
 
 `force_fn(z) -> (energy [eV], generalized force Coords, fmax [eV/Å])`; mass 1, as ASE.
 - steepest descent: z ← z + clip(η f, max_step)
@@ -105,12 +106,19 @@ def fire(force_fn: Callable, dt=0.1, dt_max=1.0, n_min=5, f_inc=1.1, f_dec=0.5,
 RELAXERS = {"fire": fire, "sd": steepest_descent}
 
 
-def unroll(step: Callable, state, steps: int, fmax: float, segment: int | None = None):
-    """Run `steps` relaxer steps with `lax.scan`, freezing once state.fmax < fmax.
+def unroll(step: Callable, state, steps: int, fmax: float, segment: int | None = None,
+           early_exit: bool = False):
+    """Run up to `steps` relaxer steps, freezing once state.fmax < fmax.
 
-    segment: if given, scan over ⌊steps/segment⌋ segments, each `jax.checkpoint`-ed (gradient
-    checkpointing), plus the remainder. Returns (final state, number of steps taken).
+    `lax.scan` over all `steps` (reverse-differentiable); segment: if given, scan over
+    ⌊steps/segment⌋ segments, each `jax.checkpoint`-ed (gradient checkpointing), plus the
+    remainder. early_exit: a `lax.while_loop` that stops at convergence instead (the same
+    result; under `vmap` once every structure has converged; not reverse-differentiable — for
+    relaxations nothing is backpropagated through). Returns (final state, number of steps taken).
     """
+    if early_exit:
+        return jax.lax.while_loop(lambda c: (c[1] < steps) & ~(c[0].fmax < fmax),
+                                  lambda c: (step(c[0]), c[1] + 1), (state, jnp.asarray(0, jnp.int32)))
 
     def body(carry, _):
         s, n = carry
