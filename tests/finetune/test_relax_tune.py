@@ -16,7 +16,7 @@ from curvax import from_atoms
 from curvax.cli import main
 from curvax.config import load_config
 from curvax.relax import make_batch, relax_jit
-from curvax.relax.data import RelaxPair, perturb, write_pairs
+from curvax.relax.data import RelaxPair, perturb, read_pairs, write_pairs
 from curvax.potentials import load_potential
 
 RC, SKIN = 2.0, 0.3
@@ -89,6 +89,14 @@ def test_relax_tune_cli_improves_and_resumes(tmp_path, pairs_file):
     assert ev["after"]["abs_volume_error"] < 0.6 * ev["before"]["abs_volume_error"]
     # (internal coordinates of fcc/hcp/bcc are fixed by symmetry: the signal is in the lattice)
     assert ev["forgetting"]["energy_change_eV_per_atom"] > 0  # the model did change
+    # relaxed LJ volumes scale as σ³: with σ closer to σ* every structure's volume is closer
+    assert ev["change"]["fraction_volume_error_improved"] == 1.0
+    b = ev["before"]["per_structure"]
+    # evaluated one structure at a time: the base model's steps are those of each relaxed alone
+    starts = [from_atoms(q.initial) for q in read_pairs(tmp_path / "run" / f"pairs-{ev['eval_set']}.extxyz")]
+    alone = [int(relax_jit(load_potential(MODEL), make_batch([x], RC, SKIN), cell=True, steps=300, fmax=1e-4,
+                           skin=SKIN).n_steps[0]) for x in starts]
+    assert alone == b["steps"] and len(set(alone)) > 1
 
 
 def test_relax_tune_config_errors(tmp_path, pairs_file):

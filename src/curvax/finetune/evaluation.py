@@ -2,7 +2,7 @@
 
 Phonons (MDR phonon benchmark protocol, Loew et al., npj Comput. Mater. 2025):
     unrelaxed  FC2 of the model on the DFT supercell as given;
-    relaxed    relax the unit cell (positions + cell, batched FIRE, `relax_unit_cells`), then
+    relaxed    relax the unit cell (positions + cell, JAX FIRE, `relax_unit_cells`), then
                FC2 on the DFT supercell matrix.
 Both take the DFT Born charges/ε∞ (NAC) where the data set has them, and report
 ν_max [THz], S, Cv [J/K/mol] and F [kJ/mol] at `temperature` and the model − DFT errors.
@@ -69,9 +69,10 @@ def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10
     """One row per (material, protocol, model): properties, DFT values and errors (`compare`).
 
     models: {label: potential}; datasets: paths for `curvax.phonons.data.load_phonopy_dataset`.
-    The relaxed protocol relaxes every material's unit cell per model in one batched run
-    (`relax_unit_cells`), only for unit cells of ≤ `relax_max_atoms` atoms when given (a
-    relaxation costs hundreds of force+stress evaluations). A relaxation that does not
+    The relaxed protocol relaxes every material's unit cell per model (`relax_unit_cells`: one
+    compiled program, each cell stopping at convergence), only for unit cells of
+    ≤ `relax_max_atoms` atoms when given (a relaxation costs tens to hundreds of force+stress
+    evaluations). A relaxation that does not
     converge is reported in the row ("error") instead of aborting."""
     materials = []
     for path in datasets:

@@ -2,7 +2,7 @@
 
 Per structure (the quantities of the MDR phonon benchmark, Loew et al., npj Comput. Mater. 2025):
 
-    relax       optional: positions + cell, batched JAX FIRE (`relax.driver.relax_unit_cells`)
+    relax       optional: positions + cell, JAX FIRE (`relax.driver.relax_unit_cells`)
     supercell   n_i = ⌈L / h_i⌉ times lattice vector i, h_i = V / |a_j × a_k| the spacing of
                 its lattice planes, so every perpendicular width is ≥ L (`min_length`, 10 Å);
                 a DFT phonon set (phonondb archive) keeps its own supercell/primitive matrices
@@ -296,7 +296,7 @@ def compile_events() -> list:
 
 def _prepare(entries, potential, relax, min_length, max_atoms, fmax, relax_steps):
     """For each entry of one group: an error row (dict), or a `_Job` ready for its HVPs
-    (loaded, species checked, relaxed in one batched run, supercell and probes set up)."""
+    (loaded, species checked, relaxed by one compiled program, supercell and probes set up)."""
     from curvax.potentials import check_species
     from curvax.relax.driver import relax_unit_cells
 

@@ -112,20 +112,14 @@ class NoGradient(AbstractAdjoint):
 
 
 @dataclasses.dataclass(frozen=True)
-class Implicit(AbstractAdjoint):
-    """Implicit gradient at the end point (CG on Hessian-vector products; see module doc).
-    damping: λ in (H + λ) w = ∂L/∂z*, for nearly singular Hessians."""
+class Implicit(NoGradient):
+    """Implicit gradient at the end point (CG on Hessian-vector products; see module doc); the
+    relaxation itself runs as `NoGradient`'s. damping: λ in (H + λ) w = ∂L/∂z*, for nearly
+    singular Hessians."""
 
     cg_tol: float = 1e-10
     cg_maxiter: int = 500
     damping: float = 0.0
-
-    def forward_params(self, params):
-        return jax.lax.stop_gradient(params)
-
-    @property
-    def early_exit(self) -> bool:
-        return True
 
     def attach(self, z, params, static, batch: Batch, cell: bool, cf, z_head=None, tail_steps: int = 0):
         z = jax.lax.stop_gradient(z)
