@@ -59,7 +59,7 @@ from curvax.system import from_atoms
 @dataclasses.dataclass
 class RelaxTuneConfig:
     model: str = path_field()  # `load_potential` spec: .nqx path / registered name, lj:sigma=..,epsilon=..,cutoff=..
-    data: str = path_field()  # pymatgen JSON(.gz) of DFT-relaxed crystals (perturbed here) or extxyz of pairs
+    data: str = path_field()  # pymatgen JSON(.gz) or phonondb folder of DFT-relaxed crystals (perturbed here), or extxyz of pairs
     workdir: str = "runs/relax-tune"  # relative to the current directory
     max_atoms: int = 4  # skip larger DFT structures (JSON)
     limit: int | None = None  # read at most this many materials (JSON)
