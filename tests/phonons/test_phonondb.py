@@ -133,3 +133,10 @@ def test_unitcell_alone_equals_the_full_load_and_feeds_relaxation_data():
     assert all(len(r.atoms) <= 5 and np.isnan(r.energy) for r in records)
     with pytest.raises(ValueError, match="no phonondb unit cells with ≤ 0 atoms"):
         load_dft_relaxed(PHONONDB, max_atoms=0)
+
+
+def test_a_folder_without_manifest_is_refused_naming_it(tmp_path):
+    from curvax.relax.data import load_dft_relaxed
+
+    with pytest.raises(FileNotFoundError, match="manifest.csv: missing"):
+        load_dft_relaxed(tmp_path)

@@ -72,8 +72,8 @@ def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10
     The relaxed protocol relaxes every material's unit cell per model (`relax_unit_cells`: one
     compiled program, each cell stopping at convergence), only for unit cells of
     ≤ `relax_max_atoms` atoms when given (a relaxation costs tens to hundreds of force+stress
-    evaluations). A relaxation that does not
-    converge is reported in the row ("error") instead of aborting."""
+    evaluations). A relaxation that does not converge is reported in the row ("error")
+    instead of aborting."""
     materials = []
     for path in datasets:
         dft = load_phonopy_dataset(path)

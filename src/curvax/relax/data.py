@@ -53,7 +53,7 @@ def load_dft_relaxed(path, max_atoms: int | None = None, limit: int | None = Non
     from pymatgen.io.ase import AseAtomsAdaptor
 
     path = Path(path)
-    if path.is_dir() and (path / "manifest.csv").is_file():
+    if path.is_dir():  # a phonondb folder (`phonondb_entries` names a missing manifest.csv)
         return _load_phonondb_unitcells(path, max_atoms, limit)
     if not path.is_file():
         raise FileNotFoundError(f"relaxation data not found: {path}")

@@ -217,8 +217,9 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
 
 def relax_unit_cells(potential, cells: list, fmax: float = 5e-3, steps: int = 500) -> list:
     """Relax unit cells (positions + cell, JAX FIRE, `relax.relax_systems`: one at a time, one
-    compilation for all cells and every model of one architecture). Returns a list of
-    `ase.Atoms`, or of ValueError for a relaxation that did not converge or went non-finite."""
+    compilation per size group (smaller / larger half) shared by every model of one
+    architecture). Returns a list of `ase.Atoms`, or of ValueError for a relaxation that did
+    not converge or went non-finite."""
     if not cells:
         return []
     systems = [from_atoms(a, dtype=parameter_dtype(potential)) for a in cells]
