@@ -18,12 +18,13 @@
 (3) the list build for cells 1–4.6 cutoffs wide: brute, minimum image, cell list.
 (4) MD with neighbour-list reuse: Lennard-Jones argon (float32, rc 8.5 Å, 50 K NVE, dt 5 fs),
     time per step of `thermal.md` with the list rebuilt every step vs reused within a skin
-    (`neighbor_skin`, default 1 Å), against E + F alone on a fixed list (target: MD with skin
-    ≤ 1.3 × E + F).
+    (`neighbor_skin`, default 1 Å), against E + F alone on a fixed list at the cutoff, all on
+    half lists (target: MD with skin ≤ 1.3 × E + F).
 (5) jax-md side by side (optional: only where `jax_md` imports; not a curvax dependency —
     e.g. `pip install --target /tmp/jaxmd jax-md==0.2.29` and PYTHONPATH=/tmp/jaxmd): LJ argon
     fcc, rc 8.5 Å, float64, list rebuilt every call: (a) list build, (b) list + E + F, (c) E + F
-    on a fixed list, curvax / jax-md per N (`--jaxmd-atoms`; target (b) ≤ 1.2).
+    on a fixed list, curvax / jax-md per N (`--jaxmd-atoms`; target (b) ≤ 1.2), curvax on the
+    half list its calculator uses for pair potentials and on the full list.
 (6) compile time of the E + F + σ program (LJ, float32, rc 8.5 Å, fixed graph) against the
     number of edges, up to ~1 M (`--compile-atoms`, `--only-compile`): constant if no O(E) array is folded into
     the program at compile time (`neighbors.edge_vectors`).
@@ -41,6 +42,7 @@ import numpy as np
 from ase.build import bulk
 
 from curvax import derivatives, from_atoms, load_potential
+from curvax.calculator import list_potential
 from curvax.neighbors import allocate, build, edge_vectors
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "nequix-mp-1.nqx"
@@ -218,11 +220,12 @@ def bench_md_skin(n_atoms, skin, steps=200, repeat=3):
     pot = LennardJones(sigma=3.405, epsilon=0.0103, cutoff=8.5, r_inner=7.5).astype(jnp.float32)
     m = atoms.get_masses()
     v = M.maxwell_boltzmann(m, 50.0, seed=0)
-    spec, graph = allocate(system, pot.cutoff)
-    ef = eqx.filter_jit(lambda s, g: derivatives.properties(pot, s, g, stress=False)["forces"])
+    half = list_potential(pot)  # what MD evaluates: the half-list copy
+    spec, graph = allocate(system, pot.cutoff, half=True)
+    ef = eqx.filter_jit(lambda s, g: derivatives.properties(half, s, g, stress=False)["forces"])
     t_ef = timeit(ef, system, graph, repeat=repeat)[0]
-    print(f"== MD with neighbour-list reuse: LJ Ar, {len(atoms)} atoms, rc 8.5 Å, {jax.default_backend()}")
-    print(f"  E+F on a fixed list: {t_ef * 1e3:8.2f} ms")
+    print(f"== MD with neighbour-list reuse: LJ Ar, {len(atoms)} atoms, rc 8.5 Å, half lists, {jax.default_backend()}")
+    print(f"  E+F on a fixed list (rc): {t_ef * 1e3:8.2f} ms")
     for label, s_ in (("rebuild every step", 0.0), (f"skin {skin} Å", skin)):
         md = M.dynamics(pot, m, 5.0, flux_route=None, neighbor_skin=s_)
         state, aux = md.init(system, v)
@@ -251,7 +254,7 @@ def bench_vs_jaxmd(sizes, repeat=5):
     pot = LennardJones(sigma=sigma, epsilon=eps, cutoff=rc, r_inner=7.5).astype(jnp.float64)
     print(f"== curvax vs jax-md: LJ Ar fcc, rc {rc} Å, float64, {jax.default_backend()}, median of {repeat} "
           f"(interleaved); ratios curvax / jax-md")
-    print(f"  {'atoms':>7} {'build':>8} {'list+E+F':>9} {'E+F fixed':>10}   (curvax ms / jax-md ms)")
+    print(f"  {'atoms':>7} list {'build':>8} {'list+E+F':>9} {'E+F fixed':>10}   (curvax ms / jax-md ms)")
     for n in sizes:
         atoms = supercell(n)
         system = from_atoms(atoms, dtype=jnp.float64)
@@ -261,20 +264,21 @@ def bench_vs_jaxmd(sizes, repeat=5):
         nfn, efn = jm_energy.lennard_jones_neighbor_list(disp, box, sigma=sigma, epsilon=eps, r_onset=7.5 / sigma,
                                                          r_cutoff=rc / sigma, dr_threshold=0.0)
         nbrs = nfn.allocate(R)
-        spec, graph = allocate(system, rc)
-
-        jm_build = jax.jit(lambda r, nb: nb.update(r))
-        jm_all = jax.jit(lambda r, nb: jax.grad(efn)(r, nb.update(r)))
-        jm_ef = jax.jit(lambda r, nb: (efn(r, nb), jax.grad(efn)(r, nb)))
-        cx_build = build
-        cx_all = eqx.filter_jit(lambda s: derivatives.properties(pot, s, build(s, spec), stress=False)["forces"])
-        cx_ef = eqx.filter_jit(lambda s, g: derivatives.properties(pot, s, g, stress=False)["forces"])
-        t = timeit_interleaved({"cb": (cx_build, (system, spec)), "jb": (jm_build, (R, nbrs)),
-                                "ca": (cx_all, (system,)), "ja": (jm_all, (R, nbrs)),
-                                "ce": (cx_ef, (system, graph)), "je": (jm_ef, (R, nbrs))}, repeat=repeat)
-        cells = [(t[c][0], t[j][0]) for c, j in (("cb", "jb"), ("ca", "ja"), ("ce", "je"))]
-        print(f"  {len(atoms):7d} " + " ".join(f"{a / b:>8.2f}" for a, b in cells) + "   ("
-              + ", ".join(f"{a * 1e3:.1f}/{b * 1e3:.1f}" for a, b in cells) + ")")
+        calls = {"jb": (jax.jit(lambda r, nb: nb.update(r)), (R, nbrs)),
+                 "ja": (jax.jit(lambda r, nb: jax.grad(efn)(r, nb.update(r))), (R, nbrs)),
+                 "je": (jax.jit(lambda r, nb: (efn(r, nb), jax.grad(efn)(r, nb))), (R, nbrs))}
+        for kind, p in (("half", list_potential(pot)), ("full", list_potential(pot, half_list=False))):
+            spec, graph = allocate(system, rc, half=p.half_list)
+            calls[kind + "b"] = (build, (system, spec))
+            calls[kind + "a"] = (eqx.filter_jit(lambda s, p=p, spec=spec: derivatives.properties(
+                p, s, build(s, spec), stress=False)["forces"]), (system,))
+            calls[kind + "e"] = (eqx.filter_jit(lambda s, g, p=p: derivatives.properties(
+                p, s, g, stress=False)["forces"]), (system, graph))
+        t = timeit_interleaved(calls, repeat=repeat)
+        for kind in ("half", "full"):
+            cells = [(t[kind + c][0], t["j" + c][0]) for c in "bae"]
+            print(f"  {len(atoms):7d} {kind} " + " ".join(f"{a / b:>8.2f}" for a, b in cells) + "   ("
+                  + ", ".join(f"{a * 1e3:.1f}/{b * 1e3:.1f}" for a, b in cells) + ")", flush=True)
 
 
 def bench_compile_vs_edges(max_atoms, repeat=2):

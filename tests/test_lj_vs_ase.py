@@ -65,9 +65,12 @@ def _compare(res, ref, keys):
         np.testing.assert_allclose(np.asarray(res[k]), ref[k], rtol=0, atol=ATOL, err_msg=k)
 
 
+@pytest.mark.parametrize("half_list", [True, False])
 @pytest.mark.parametrize("name,smooth", [("prim", False), ("prim", True), ("two", False),
                                          ("tric", False), ("tric", True), ("big", False)])
-def test_lj_equals_ase(name, smooth):
+def test_lj_equals_ase(name, smooth, half_list):
+    """On the half list (each pair once; the default for pair potentials) and on the full list:
+    ASE's energies, forces, stress and per-atom stresses, and the two lists agree to 1e-12."""
     atoms = STRUCTS[name]
     ref = _ase_results(atoms, AseLJ(sigma=SIGMA, epsilon=EPS, rc=RC, smooth=smooth))
     _nontrivial(atoms, ref)
@@ -75,13 +78,19 @@ def test_lj_equals_ase(name, smooth):
     system = from_atoms(atoms)
     assert system.positions.dtype == jnp.float64
     # virials=True: stress and per-atom stresses by the edge route Σ r_ij ⊗ ∂E/∂r_ij
-    res, _ = compute(pot, system, virials=True)
+    res, spec = compute(pot, system, virials=True, half_list=half_list)
+    assert spec.half == half_list
     _compare(res, ref, ["energy", "energies", "forces", "stress", "stresses"])
     np.testing.assert_allclose(res["virials"].sum(0), _voigt_to_3x3(res["stress"]) * atoms.get_volume(),
                                rtol=0, atol=1e-10)
     if not smooth:  # strain route (∂E/∂ε) gives the same stress
-        res_s, _ = compute(pot, system)
+        res_s, _ = compute(pot, system, half_list=half_list)
         _compare(res_s, ref, ["energy", "forces", "stress"])
+    if half_list:  # same numbers as the full list from half the pairs
+        full, full_spec = compute(pot, system, virials=True, half_list=False)
+        assert spec.capacity <= 0.5 * full_spec.capacity + 16  # min_capacity 16
+        for k in ("energy", "energies", "forces", "stress", "virials"):
+            np.testing.assert_allclose(res[k], full[k], rtol=0, atol=1e-12, err_msg=k)
 
 
 def _voigt_to_3x3(v):
@@ -89,17 +98,33 @@ def _voigt_to_3x3(v):
     return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 
 
+@pytest.mark.parametrize("half_list", [True, False])
 @pytest.mark.parametrize("name", ["prim", "tric"])
-def test_morse_equals_ase(name):
+def test_morse_equals_ase(name, half_list):
     atoms = STRUCTS[name]
     kw = dict(epsilon=0.35, r0=3.7, rho0=5.0, rcut1=1.4, rcut2=2.2)  # cutoff 8.1 Å
     ref = _ase_results(atoms, AseMorse(**kw), stresses=False)
     _nontrivial(atoms, ref)
     pot = Morse(**kw)
-    res, _ = compute(pot, from_atoms(atoms))
+    res, _ = compute(pot, from_atoms(atoms), half_list=half_list)
     _compare(res, ref, ["energy", "energies", "forces", "stress"])
-    res_e, _ = compute(pot, from_atoms(atoms), stress_route="edges")
+    res_e, _ = compute(pot, from_atoms(atoms), stress_route="edges", half_list=half_list)
     np.testing.assert_allclose(res_e["stress"], res["stress"], rtol=0, atol=1e-10)
+
+
+def test_list_kind_mismatch_is_refused():
+    """A full list given to a half-list copy (or the reverse) would double (halve) the energy:
+    refused, naming the fix; message-passing models cannot take a half list."""
+    from curvax.calculator import list_potential
+    from mpnn_toy import ToyMPNN
+
+    pot = LennardJones(SIGMA, EPS, cutoff=RC)
+    system = from_atoms(STRUCTS["tric"])
+    _, full_spec = compute(pot, system, half_list=False)
+    with pytest.raises(ValueError, match="full neighbour list was given.*doubled.*half=True"):
+        compute(pot, system, spec=full_spec)
+    with pytest.raises(ValueError, match="needs the full neighbour list"):
+        list_potential(ToyMPNN(cutoff=3.0), half_list=True)
 
 
 def test_calculator_factory_and_reallocation():

@@ -2,6 +2,7 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ase import Atoms
@@ -53,6 +54,57 @@ def test_brute_matches_ase(n_rep, cutoff):
     i, j, d = ase_neighbor_list("ijD", atoms, cutoff)
     np.testing.assert_allclose(np.sort(np.linalg.norm(r, axis=1)), np.sort(np.linalg.norm(d, axis=1)),
                                atol=1e-10)
+
+
+@pytest.mark.parametrize("method,n_rep,cutoff,width", [
+    ("brute", (1, 1, 1), 5.0, None),  # one atom's own images: only i = j pairs
+    ("brute", (2, 1, 3), 4.5, None),
+    ("cells", (2, 2, 2), 4.0, 1.02),  # 1–2 bins per axis: bins repeat with other image offsets
+    ("cells", (2, 2, 2), 4.0, 1.5),
+    ("cells", (2, 2, 2), 3.0, None),
+    ("minimage", (3, 3, 3), 4.0, 2.02)])
+def test_half_list_holds_each_pair_once(method, n_rep, cutoff, width):
+    """half=True: exactly one direction of every ASE pair (the half list and its reverse are
+    ASE's full list, and it holds half as many); i < j for the all-pairs searches, an atom's own
+    images with their first nonzero shift component positive; about half the capacity; the same
+    pairs from a rebuild under jit."""
+    atoms = _triclinic(n_rep)
+    if width is not None:  # scale the cell to `width` cutoffs, then two cells along a
+        spacing = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array).T, axis=1)
+        atoms.set_cell(atoms.cell.array * (width * cutoff / spacing.min()), scale_atoms=True)
+        atoms = atoms.repeat((2, 1, 1))
+    for seed in (0, 1):
+        atoms.rattle(0.05, seed=seed)
+        ref = _ase_pairs(atoms, cutoff)
+        full_spec, full = allocate(from_atoms(atoms), cutoff, method=method)
+        spec, half = allocate(from_atoms(atoms), cutoff, method=method, half=True)
+        assert spec.half and spec.method == method and not bool(half.overflow)
+        got = _pairs(half)
+        assert got | {(j, i, *(-c for c in s)) for i, j, *s in got} == ref and len(got) == len(ref) // 2 > 0
+        assert all(next(c for c in s if c) > 0 for i, j, *s in got if i == j)
+        if method != "cells":
+            assert all(i <= j for i, j, *s in got)
+        assert _pairs(build(from_atoms(atoms), spec)) == got
+        assert spec.capacity < 0.55 * full_spec.capacity + 16
+
+
+@pytest.mark.parametrize("n,w,p", [(1, 1, 1.0), (7, 5, 0.5), (40, 31, 0.3), (40, 32, 0.02), (33, 97, 0.9),
+                                   (200, 1539, 0.05)])
+def test_compaction_equals_nonzero(n, w, p):
+    """The popcount compaction the list builds use gives jnp.nonzero's indices (rows empty, full,
+    and widths around the 32-bit word size); past the count, indices stay in range."""
+    from curvax.neighbors import _compact
+
+    rng = np.random.default_rng(n * w)
+    mask = rng.random((n, w)) < p
+    mask[n // 2] = False
+    mask[-1] = True
+    count = int(mask.sum())
+    for size in (count, count + 17):
+        got = np.asarray(jax.jit(_compact, static_argnums=1)(mask, size))
+        ref = np.asarray(jnp.nonzero(mask.ravel(), size=size)[0])
+        np.testing.assert_array_equal(got[:count], ref[:count])
+        assert got.min() >= 0 and got.max() < n * w
 
 
 def test_cells_and_brute_agree_large():
@@ -168,9 +220,9 @@ def test_explain_overflow_names_the_capacity():
 
 @pytest.mark.parametrize("strain", [0.0, 0.004])
 def test_skin_reuse_equals_fresh_lists(strain):
-    """Calculator with a skin: after many small moves (and a slowly deforming cell) the forces
-    and stress equal a fresh computation to 1e-12 (float64), the list is reused on most calls
-    and rebuilt when `needs_rebuild` says so."""
+    """Calculator with a skin (on a half list, as for every pair potential): after many small
+    moves (and a slowly deforming cell) the forces and stress equal a fresh full-list computation
+    to 1e-12 (float64), the list is reused on most calls and rebuilt when `needs_rebuild` says so."""
     from curvax.calculator import calculator, compute
     from curvax.potentials import LennardJones
 
@@ -190,7 +242,7 @@ def test_skin_reuse_equals_fresh_lists(strain):
         res, state = calc.apply(moved, state)
         assert not bool(res["overflow"])
         rebuilt.append(bool(res["rebuilt"]))
-        ref, _ = compute(pot, moved)
+        ref, _ = compute(pot, moved, half_list=False)  # a fresh full list; the calculator keeps a half one
         np.testing.assert_allclose(np.asarray(res["forces"]), ref["forces"], rtol=0, atol=1e-12)
         np.testing.assert_allclose(np.asarray(res["stress"]), ref["stress"], rtol=0, atol=1e-12)
     assert 1 <= sum(rebuilt) <= 15, rebuilt

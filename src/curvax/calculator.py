@@ -11,6 +11,10 @@ cell: max |Δx| ≥ skin/2), as jax-md and glp do; `results["rebuilt"]` says whe
 it for cheap pair potentials (the build dominates); a message-passing model pays for the extra
 edges in every call, so skin = 0 (rebuild every call) is the default.
 `compute(potential, system)` does exactly that loop for one-off, non-jitted use.
+
+Pair potentials (`curvax.potentials.PairPotential`) are evaluated on a half neighbour list
+(each pair once: half the pairs to build, store and differentiate) unless `half_list=False`;
+message-passing models always get the full list. Same numbers either way (tested).
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 
 from curvax import derivatives, neighbors
 from curvax.neighbors import Graph, NeighborSpec
-from curvax.potentials.base import check_species
+from curvax.potentials.base import PairPotential, check_species
 from curvax.system import System
 from curvax.validation import check_system
 
@@ -44,17 +48,31 @@ class CalculatorFns(NamedTuple):
     apply: Callable  # apply(system, state) -> (results dict, state)
 
 
+def list_potential(potential, half_list: bool | None = None):
+    """The potential as evaluated on the list the calculator builds for it: a pair potential's
+    half-list copy (`half_list` None or True), else `potential` itself; half_list=True for a
+    message-passing model is a ValueError."""
+    if isinstance(potential, PairPotential):
+        return potential.on_half_list(half_list is not False)
+    if half_list:
+        raise ValueError(f"{type(potential).__name__} needs the full neighbour list (each directed edge carries "
+                         f"its own message); half_list=True is for pair potentials")
+    return potential
+
+
 def calculator(potential, stress: bool = True, virials: bool = False, capacity_multiplier: float = 1.25,
-               stress_route: str = "strain", skin: float = 0.0) -> CalculatorFns:
+               stress_route: str = "strain", skin: float = 0.0, half_list: bool | None = None) -> CalculatorFns:
     """Factory for the pure pair (init, calculate) of `potential`; `skin` [Å]: neighbour-list
-    reuse (module doc)."""
+    reuse; `half_list`: None (pair potentials on a half list), True or False (module doc)."""
     if not skin >= 0:
         raise ValueError(f"skin must be ≥ 0 Å, got {skin}")
+    potential = list_potential(potential, half_list)
+    half = getattr(potential, "half_list", False)
 
     def init(system: System) -> NeighborState:
         check_system(system)
         check_species(potential, system.numbers)
-        spec, graph = neighbors.allocate(system, potential.cutoff + skin, capacity_multiplier)
+        spec, graph = neighbors.allocate(system, potential.cutoff + skin, capacity_multiplier, half=half)
         return NeighborState(spec, graph, jnp.asarray(system.positions), jnp.asarray(system.cell))
 
     @eqx.filter_jit
@@ -88,11 +106,14 @@ def _properties(potential, system, spec, stress=True, virials=False, stress_rout
 
 def compute(potential, system: System, stress: bool = True, virials: bool = False,
             stress_route: str = "strain", spec: NeighborSpec | None = None,
-            capacity_multiplier: float = 1.25) -> tuple[dict, NeighborSpec]:
+            capacity_multiplier: float = 1.25, half_list: bool | None = None) -> tuple[dict, NeighborSpec]:
     """One evaluation with automatic re-allocation on overflow. Returns (numpy results, spec).
 
     Pass the returned `spec` back to reuse the compiled function on similar structures.
+    `half_list` as in `calculator`.
     """
+    potential = list_potential(potential, half_list)
+    half = getattr(potential, "half_list", False)
     check_system(system)
     check_species(potential, system.numbers)
     if spec is not None:
@@ -100,7 +121,7 @@ def compute(potential, system: System, stress: bool = True, virials: bool = Fals
     stress = stress and all(system.pbc)
     for _ in range(3):
         if spec is None:
-            spec, _ = neighbors.allocate(system, potential.cutoff, capacity_multiplier)
+            spec, _ = neighbors.allocate(system, potential.cutoff, capacity_multiplier, half=half)
         res = _properties(potential, system, spec, stress, virials, stress_route)
         if not bool(res["overflow"]):
             return {k: np.asarray(v) for k, v in res.items() if k != "overflow"}, spec
@@ -117,3 +138,8 @@ def check_spec(potential, spec: NeighborSpec) -> None:
             f"neighbour list cutoff {spec.cutoff} Å (capacity {spec.capacity} edges) is smaller than "
             f"the cutoff {potential.cutoff} Å of {type(potential).__name__}: pairs would be missed; "
             f"allocate the list with the potential's cutoff")
+    if spec.half != getattr(potential, "half_list", False):
+        kind = ("half", "full") if spec.half else ("full", "half")
+        raise ValueError(f"a {kind[0]} neighbour list was given to {type(potential).__name__}, which expects a "
+                         f"{kind[1]} list (each pair {'once' if kind[1] == 'half' else 'twice'}): energies would be "
+                         f"{'halved' if spec.half else 'doubled'}; allocate with half={not spec.half}")

@@ -8,6 +8,7 @@ bond vectors r_ij = x_j − x_i + S·cell of a neighbour `Graph`:
     σ        = (1/V) ∂E/∂ε |_{ε=0},  x → x(1+ε), cell → cell(1+ε)   [eV/Å³]   ("strain" route)
              = (1/V) Σ_edges r_ij ⊗ ∂E/∂r_ij                                    ("edges" route)
     W_i      = Σ_{edges with centre i} r_ij ⊗ ∂E/∂r_ij,  Σ_i W_i = V σ          [eV]
+               (on a half list, pair potentials: ½ Σ_{edges with i at either end} r ⊗ ∂E/∂r)
 
 Sign and Voigt order follow ASE: positive stress means the cell wants to shrink; Voigt
 (xx, yy, zz, yz, xz, xy). For pair potentials W_i/V equals ASE's per-atom `stresses`.
@@ -82,10 +83,15 @@ def forces_from_edges(g, graph: Graph, n_atoms: int):
             - jax.ops.segment_sum(g, graph.senders, n_atoms))
 
 
-def virials_from_edges(r, g, graph: Graph, n_atoms: int):
-    """Per-atom virials W_i = Σ_{e: centre i} r_e ⊗ g_e [eV], shape (N, 3, 3)."""
+def virials_from_edges(r, g, graph: Graph, n_atoms: int, half: bool = False):
+    """Per-atom virials W_i = Σ_{e: centre i} r_e ⊗ g_e [eV], shape (N, 3, 3). half: a half
+    list (each pair once): the pair's r ⊗ g is split equally between its two atoms, which is what
+    the full list gives a pair potential (g_e = ½ φ' r̂ on each of the two directed edges)."""
     rg = r[:, :, None] * g[:, None, :]
-    return jax.ops.segment_sum(rg, graph.receivers, n_atoms)
+    w = jax.ops.segment_sum(rg, graph.receivers, n_atoms)
+    if half:
+        w = 0.5 * (w + jax.ops.segment_sum(rg, graph.senders, n_atoms))
+    return w
 
 
 def properties(potential, system: System, graph: Graph, stress: bool = True,
@@ -102,7 +108,7 @@ def properties(potential, system: System, graph: Graph, stress: bool = True,
         out["energies"] = ei
         out["energy"] = jnp.sum(ei)
         out["forces"] = forces_from_edges(g, graph, n)
-        w = virials_from_edges(r, g, graph, n)
+        w = virials_from_edges(r, g, graph, n, half=getattr(potential, "half_list", False))
         if virials:
             out["virials"] = w
             out["stresses"] = to_voigt(w) / system.volume

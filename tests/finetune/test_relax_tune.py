@@ -97,6 +97,9 @@ def test_relax_tune_cli_improves_and_resumes(tmp_path, pairs_file):
     alone = [int(relax_jit(load_potential(MODEL), make_batch([x], RC, SKIN), cell=True, steps=300, fmax=1e-4,
                            skin=SKIN).n_steps[0]) for x in starts]
     assert alone == b["steps"] and len(set(alone)) > 1
+    # "in basin": the fraction of relaxations ending within basin_threshold (default 0.05 Å) of D_q
+    for k in ("before", "after"):
+        assert ev[k]["in_basin"] == np.mean(np.asarray(ev[k]["per_structure"]["rms_displacement"]) < 0.05)
 
 
 def test_relax_tune_config_errors(tmp_path, pairs_file):

@@ -167,3 +167,17 @@ def test_rematerialised_phonon_gradient_equals_the_plain_one(nequix32):
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_r)))
     assert diff <= 1e-4 * scale, (diff, scale)
     assert mem_r < 0.5 * mem, (mem_r, mem)
+
+
+def test_reading_the_file_equals_the_nequix_loader(nequix32):
+    """`read_nequix` reads the weights into a shapes-only template (no random initialisation):
+    the same module tree and the same float32 weights as `nequix.model.load_model`."""
+    from nequix.model import load_model
+
+    with jax.enable_x64(False):
+        ref, _ = load_model(str(NEQUIX_MP))
+    got, want = jax.tree.flatten(nequix32.model), jax.tree.flatten(ref)
+    assert str(got[1]) == str(want[1]) and len(got[0]) == len(want[0]) > 10
+    for a, b in zip(got[0], want[0]):
+        assert a.dtype == b.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -44,14 +44,14 @@ def test_nve_conserves_energy_with_dt2_error(argon):
 
 
 def test_neighbor_skin_gives_the_same_trajectory(argon):
-    """MD reusing its neighbour list within a skin follows the same trajectory as rebuilding it
-    every step (float64), including across rebuilds."""
+    """MD reusing its (half) neighbour list within a skin follows the same trajectory as
+    rebuilding a full list every step (float64), including across rebuilds."""
     atoms, pot = argon
     system, m = from_atoms(atoms), atoms.get_masses()
     v = M.maxwell_boltzmann(m, 100.0, seed=2)
     runs = []
-    for skin in (0.0, 0.6):
-        md = M.dynamics(pot, m, 5.0, flux_route=None, neighbor_skin=skin)
+    for skin, half in ((0.0, False), (0.6, None)):
+        md = M.dynamics(pot, m, 5.0, flux_route=None, neighbor_skin=skin, half_list=half)
         state, frames = M.simulate(md, system, v, 80, chunk=40)
         runs.append((np.asarray(state.system.positions), frames.potential_energy))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=0, atol=1e-9)

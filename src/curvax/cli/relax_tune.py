@@ -11,6 +11,7 @@ from __future__ import annotations
 from curvax.cli.common import add_command
 from curvax.config import load_config
 from curvax.finetune import relax_tune
+from curvax.relax.adjoints import GRAD_MODES
 
 
 def add_parser(subparsers):
@@ -19,6 +20,8 @@ def add_parser(subparsers):
     p.add_argument("config", help="YAML config (keys: curvax.finetune.relax_tune.RelaxTuneConfig)")
     p.add_argument("--workdir", default=None, help="override the config's workdir")
     p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+    p.add_argument("--grad-mode", default=None, choices=GRAD_MODES,
+                   help="override the config's grad_mode (e.g. to compare the gradients on one config)")
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop (after a checkpoint) when this much time has passed; rerun to resume")
     p.add_argument("--restart", action="store_true",
@@ -27,7 +30,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    overrides = {"workdir": args.workdir, "steps": args.steps, "x64": True if args.x64 else None}
+    overrides = {"workdir": args.workdir, "steps": args.steps, "grad_mode": args.grad_mode,
+                 "x64": True if args.x64 else None}
     cfg = load_config(args.config, relax_tune.RelaxTuneConfig, overrides)
     result = relax_tune.run(cfg, progress=not args.no_progress, max_seconds=args.max_seconds, restart=args.restart)
     print(relax_tune.summary(result))

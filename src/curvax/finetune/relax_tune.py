@@ -89,6 +89,7 @@ class RelaxTuneConfig:
     eval_every: int = 0  # validation relaxations every k steps (0: off)
     eval_relax_steps: int = 200  # relaxer steps for evaluation
     eval_fmax: float | None = None  # default: fmax
+    basin_threshold: float = 0.05  # Å: a relaxation ends in the DFT basin if its D_q is below this
     seed: int = 0
     x64: bool = False
     devices: str | int = "all"  # data parallelism: "all" or a number of devices; batch_size is per device
@@ -116,6 +117,8 @@ class RelaxTuneConfig:
         at_least(where, self, 0, "rattle", "strain", "skin", "eval_every", "seed")
         if not self.fmax > 0 or (self.eval_fmax is not None and not self.eval_fmax > 0):
             raise ValueError(f"{where}: fmax and eval_fmax must be positive [eV/Å]")
+        if not self.basin_threshold > 0:
+            raise ValueError(f"{where}: basin_threshold must be positive [Å], got {self.basin_threshold!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"{where}: ema_decay must be in [0, 1), got {self.ema_decay!r}")
         split = list(self.split)
@@ -252,7 +255,8 @@ def _relax_eval(potential, start, target, steps, fmax, cell, method, skin, relax
 
 def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig, ids=None) -> dict:
     """Relax the starts fully (no gradients; a learned η is used): per-structure RMS
-    displacement D_q [Å], V/V_DFT − 1, steps, converged, graph_ok; plus their means.
+    displacement D_q [Å], V/V_DFT − 1, steps, converged, graph_ok; plus their means and the
+    fraction "in_basin" of relaxations ending in the DFT basin (D_q < `basin_threshold`).
     One structure per call (one compiled program): a batch would step every structure until
     the slowest has converged."""
     fmax = cfg.eval_fmax or cfg.fmax
@@ -266,6 +270,7 @@ def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig
                                cfg.method, cfg.skin, tuple(sorted(relaxer.items()))))
     rms, dv, n, conv, ok = (np.concatenate([np.asarray(r[i]) for r in one]) for i in range(5))
     return {**relaxation_summary(rms, dv, n, conv), "graph_ok": float(ok.mean()),
+            "in_basin": float(np.mean(rms < cfg.basin_threshold)),
             "per_structure": {"material_id": list(ids or []), "rms_displacement": rms.tolist(),
                               "volume_error": dv.tolist(), "steps": n.tolist(), "converged": conv.tolist()}}
 
@@ -367,11 +372,13 @@ def summary(result: dict) -> str:
         return f"fine-tuning incomplete ({result['steps']} steps)"
     change = per_structure_change(result["before"], result["after"])
     rows = [f"{result['eval_set']} set ({len(result['before']['per_structure']['material_id'])} relaxations):",
-            f"{'':8s} {'D_q mean [Å]':>13s} {'median':>8s} {'|ΔV/V|':>9s} {'steps':>7s} {'converged':>10s}"]
+            f"{'':8s} {'D_q mean [Å]':>13s} {'median':>8s} {'in basin':>9s} {'|ΔV/V|':>9s} {'steps':>7s} "
+            f"{'converged':>10s}"]
     for j, k in enumerate(("before", "after")):
         r = result[k]
         rows.append(f"{k:8s} {r['rms_displacement']:13.4f} {change['median_rms_displacement'][j]:8.4f} "
-                    f"{r['abs_volume_error']:9.4f} {r['steps']:7.1f} {r['converged']:10.2f}")
+                    f"{r['in_basin']:9.2f} {r['abs_volume_error']:9.4f} {r['steps']:7.1f} "
+                    f"{r['converged']:10.2f}")
     rows.append("change  " + ", ".join(f"{label} {100 * (result['after'][k] / result['before'][k] - 1):+.0f} %"
                                         for k, label in (("rms_displacement", "D_q"), ("abs_volume_error", "|ΔV/V|"))
                                         if result["before"][k])

@@ -1,6 +1,8 @@
 """The potential contract shared by analytic references and machine-learned models."""
 from __future__ import annotations
 
+import copy
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -62,9 +64,38 @@ def check_species(potential: Potential, numbers, where: str = "structure") -> No
                          f"{type(potential).__name__}")
 
 
-def pair_sum(pair_energy, receivers, n_atoms):
-    """Per-atom energies E_i = ½ Σ_j φ(r_ij) from per-edge pair energies (each pair is listed twice)."""
-    return 0.5 * jax.ops.segment_sum(pair_energy, receivers, num_segments=n_atoms)
+class PairPotential(Potential):
+    """A pair potential: E_i = ½ Σ_j φ(r_ij) [eV]; subclasses implement `pair_energy(r)`.
+
+    On a full neighbour list (each pair twice, `half_list=False`) E_i = ½ Σ_{e: centre i} φ_e;
+    on a half list (each pair once, `curvax.neighbors` `half=True`) each pair's φ is split
+    between its two atoms, E_i = ½ (Σ_{e: centre i} φ_e + Σ_{e: neighbour i} φ_e): the same
+    numbers from half the pairs. Which list a copy expects is its static `half_list`
+    (`on_half_list`); the calculator and MD choose the half list for pair potentials
+    (`curvax.calculator`), every other route keeps the full list.
+    """
+
+    half_list: bool = eqx.field(static=True, default=False)
+
+    def pair_energy(self, r):
+        """φ(r) [eV] for distances r [Å]."""
+        raise NotImplementedError
+
+    def __call__(self, r_ij, numbers, senders, receivers):
+        phi = self.pair_energy(jnp.sqrt(jnp.sum(r_ij * r_ij, axis=-1)))
+        n = numbers.shape[0]
+        e = jax.ops.segment_sum(phi, receivers, num_segments=n)
+        if self.half_list:
+            e = e + jax.ops.segment_sum(phi, senders, num_segments=n)
+        return 0.5 * e
+
+    def on_half_list(self, half: bool = True) -> "PairPotential":
+        """A copy evaluated on a half (True) or full (False) neighbour list; same parameters."""
+        if bool(half) == self.half_list:
+            return self
+        out = copy.copy(self)
+        object.__setattr__(out, "half_list", bool(half))
+        return out
 
 
 def safe_norm(r):

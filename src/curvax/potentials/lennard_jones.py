@@ -12,10 +12,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
-from curvax.potentials.base import Potential, pair_sum
+from curvax.potentials.base import PairPotential
 
 
-class LennardJones(Potential):
+class LennardJones(PairPotential):
     sigma: jnp.ndarray
     epsilon: jnp.ndarray
     r_inner: float = eqx.field(static=True)
@@ -29,6 +29,7 @@ class LennardJones(Potential):
         self.smooth = bool(smooth)
         self.n_interactions = 1
         self.elements = None
+        self.half_list = False
 
     def pair_energy(self, r):
         """φ(r) [eV] for distances r [Å]."""
@@ -42,7 +43,3 @@ class LennardJones(Potential):
             return jnp.where(inside, phi * f, 0.0)
         e0 = 4 * self.epsilon * ((self.sigma / self.cutoff) ** 12 - (self.sigma / self.cutoff) ** 6)
         return jnp.where(inside, phi - e0, 0.0)
-
-    def __call__(self, r_ij, numbers, senders, receivers):
-        r = jnp.sqrt(jnp.sum(r_ij * r_ij, axis=-1))
-        return pair_sum(self.pair_energy(r), receivers, numbers.shape[0])

@@ -11,10 +11,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
-from curvax.potentials.base import Potential, pair_sum
+from curvax.potentials.base import PairPotential
 
 
-class Morse(Potential):
+class Morse(PairPotential):
     epsilon: jnp.ndarray
     r0: jnp.ndarray
     rho0: jnp.ndarray
@@ -29,6 +29,7 @@ class Morse(Potential):
         self.cutoff = float(rcut2 * r0)
         self.n_interactions = 1
         self.elements = None
+        self.half_list = False
 
     def pair_energy(self, r):
         """φ(r) [eV] for distances r [Å]."""
@@ -36,7 +37,3 @@ class Morse(Potential):
         s = jnp.clip(1.0 - (r - self.r_inner) / (self.cutoff - self.r_inner), 0.0, 1.0)
         fcut = 6 * s ** 5 - 15 * s ** 4 + 10 * s ** 3
         return self.epsilon * expf * (expf - 2.0) * fcut
-
-    def __call__(self, r_ij, numbers, senders, receivers):
-        r = jnp.sqrt(jnp.sum(r_ij * r_ij, axis=-1))
-        return pair_sum(self.pair_energy(r), receivers, numbers.shape[0])

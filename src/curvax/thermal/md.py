@@ -40,6 +40,7 @@ import numpy as np
 from ase import units
 
 from curvax import derivatives, neighbors
+from curvax.calculator import list_potential
 from curvax.potentials.base import check_species
 from curvax.system import System
 from curvax.thermal.heat_flux import FS2, heat_flux, kinetic_energies
@@ -112,7 +113,8 @@ def zero_momentum(velocities, masses):
 
 def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", temperature: float = 0.0,
              friction: float = 0.0, sample_every: int = 1, skin: float = 1.0,
-             capacity_multiplier: float = 1.25, neighbor_skin: float = 0.0) -> Dynamics:
+             capacity_multiplier: float = 1.25, neighbor_skin: float = 0.0,
+             half_list: bool | None = None) -> Dynamics:
     """Factory of a velocity-Verlet (friction = 0: NVE) or Langevin (friction γ > 0 [1/fs] at
     `temperature` [K]) integrator with time step `dt` [fs], recording energies and the heat flux
     every `sample_every` steps.
@@ -126,6 +128,8 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
     is built at cutoff + neighbor_skin and rebuilt only when an atom has moved ≥ neighbor_skin/2
     since the last build (`neighbors.needs_rebuild`; fresh at every chunk start); 0 rebuilds it
     every step (best for message-passing models, which pay for the extra edges in every pass).
+    half_list: the force pass of pair potentials on a half neighbour list (None: yes; as
+    `curvax.calculator.calculator`).
     """
 
     masses = jnp.asarray(masses)
@@ -138,6 +142,7 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
         raise ValueError(f"neighbor_skin must be ≥ 0 Å, got {neighbor_skin}")
     flux = None if flux_route is None else heat_flux(potential, masses, flux_route, skin=skin,
                                                      capacity_multiplier=capacity_multiplier)
+    force_potential = list_potential(potential, half_list)
     langevin = friction > 0.0
     if langevin and temperature <= 0.0:
         raise ValueError("Langevin thermostat needs temperature > 0 K")
@@ -154,13 +159,14 @@ def dynamics(potential, masses, dt: float, flux_route: str = "unfolded", tempera
                                             neighbor_skin, system.pbc)
             graph = jax.lax.cond(stale, lambda: neighbors.build(system, spec), lambda: graph)
             nbrs = (graph, jnp.where(stale, system.positions, ref_x))
-        res = derivatives.properties(potential, system, graph, stress=False)
+        res = derivatives.properties(force_potential, system, graph, stress=False)
         return res["energy"], res["energies"], res["forces"], graph.overflow, nbrs
 
     def init(system: System, velocities, key=None):
         """Allocate the neighbour list (and flux state); initial forces. Returns (state, aux)."""
         check_species(potential, system.numbers)
-        spec, _ = neighbors.allocate(system, potential.cutoff + neighbor_skin, capacity_multiplier)
+        spec, _ = neighbors.allocate(system, potential.cutoff + neighbor_skin, capacity_multiplier,
+                                     half=getattr(force_potential, "half_list", False))
         fstate = None if flux is None else flux.init(system)
         v = jnp.asarray(velocities, system.positions.dtype)
         _, _, f, overflow, _ = eqx.filter_jit(forces_of)(system, spec)
