@@ -14,12 +14,13 @@ jointly with the model (`learn_step_size`: η = exp(s), s trained by Adam at
 the mass-weighted D_q loss (`weights: {dq: 1, displacement: 0, lattice: 0, volume: 0}`) and full
 BPTT (`grad_mode: bptt`).
 
-All pairs are padded to one shape (atoms, edges), so training, validation and test relaxations
-compile once each. The training loop is `curvax.finetune.training.fit` (atomic checkpoints, resume
+All training pairs are padded to one shape (atoms, edges), so the training relaxation compiles
+once (its graph is held fixed over the `relax_steps` unrolled steps). The training loop is `curvax.finetune.training.fit` (atomic checkpoints, resume
 after a kill with an identical continuation, metrics.csv/eval.csv, tqdm progress).
 
-Evaluation (`evaluate_relaxations`, on the test split, base vs fine-tuned EMA model): mass-weighted
-RMS displacement [Å] from the DFT structure, |V/V_DFT − 1|, steps to reach fmax (capped at
+Evaluation (`evaluate_relaxations`, on the test split, base vs fine-tuned EMA model; full
+relaxations by `relax.relax_systems`, whose graph follows the atoms): mass-weighted
+RMS displacement [Å] from the DFT structure, fraction ending in the DFT basin, |V/V_DFT − 1|, steps to reach fmax (capped at
 `eval_relax_steps`), converged fraction; forgetting check (`forgetting`): |ΔE|/atom [eV/atom] and
 force MAE [eV/Å] of the fine-tuned vs the base model on the test starting structures, and both
 models' energy MAE vs the DFT energies of the relaxed structures.
@@ -49,8 +50,8 @@ from curvax.finetune import training
 from curvax.io import atomic_write
 from curvax.potentials import check_species, load_potential, save_potential
 from curvax.relax import data as relax_data
-from curvax.relax.adjoints import GRAD_MODES, NoGradient, from_name
-from curvax.relax.driver import evaluate_batch, make_batch, relax
+from curvax.relax.adjoints import GRAD_MODES, from_name
+from curvax.relax.driver import evaluate_batch, make_batch, relax, relax_systems, unbatch
 from curvax.relax.metrics import LossWeights, batch_loss, relaxation_summary, rms_displacement, volume_error
 from curvax.system import from_atoms
 
@@ -243,34 +244,25 @@ def make_loss(cfg: RelaxTuneConfig):
     return loss_fn
 
 
-@eqx.filter_jit
-def _relax_eval(potential, start, target, steps, fmax, cell, method, skin, relaxer):
-    r = relax(potential, start, cell=cell, method=method, steps=steps, fmax=fmax, skin=skin, adjoint=NoGradient(),
-              **dict(relaxer))
-    t = target.system
-    rms = jax.vmap(rms_displacement)(r.positions, r.cell, t.positions, t.cell, t.numbers, target.node_mask)
-    dv = jax.vmap(volume_error)(r.cell, t.cell)
-    return rms, dv, r.n_steps, r.converged, r.graph_ok
-
-
 def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig, ids=None) -> dict:
-    """Relax the starts fully (no gradients; a learned η is used): per-structure RMS
-    displacement D_q [Å], V/V_DFT − 1, steps, converged, graph_ok; plus their means and the
-    fraction "in_basin" of relaxations ending in the DFT basin (D_q < `basin_threshold`).
-    One structure per call (one compiled program): a batch would step every structure until
-    the slowest has converged."""
-    fmax = cfg.eval_fmax or cfg.fmax
+    """Relax the starts to `eval_fmax` (no gradients; a learned η is used) with
+    `relax.relax_systems` — one structure per call, the graph re-allocated whenever an atom has
+    moved past the skin, so no pair within the cutoff is missed however far the atoms travel —
+    and report per structure the mass-weighted RMS displacement D_q [Å] from the DFT structure,
+    V/V_DFT − 1, steps and convergence; plus their means and the fraction "in_basin" of
+    relaxations ending in the DFT basin (D_q < `basin_threshold`)."""
     relaxer = dict(cfg.relaxer)
     if model.step_size() is not None:
         relaxer["step_size"] = model.step_size()
-    one = []
-    for k in range(int(pairs.energy.shape[0])):
-        pair = pairs.take([k])
-        one.append(_relax_eval(model.potential, pair.start, pair.target, cfg.eval_relax_steps, fmax, cfg.cell,
-                               cfg.method, cfg.skin, tuple(sorted(relaxer.items()))))
-    rms, dv, n, conv, ok = (np.concatenate([np.asarray(r[i]) for r in one]) for i in range(5))
-    return {**relaxation_summary(rms, dv, n, conv), "graph_ok": float(ok.mean()),
-            "in_basin": float(np.mean(rms < cfg.basin_threshold)),
+    relaxed, info = relax_systems(model.potential, unbatch(pairs.start.system, pairs.start), cell=cfg.cell,
+                                  steps=cfg.eval_relax_steps, fmax=cfg.eval_fmax or cfg.fmax, method=cfg.method,
+                                  skin=cfg.skin, chunk=cfg.eval_relax_steps, **relaxer)
+    targets = unbatch(pairs.target.system, pairs.target)
+    rms = np.array([float(rms_displacement(r.positions, r.cell, t.positions, t.cell, t.numbers,
+                                           jnp.ones(len(t.numbers), bool))) for r, t in zip(relaxed, targets)])
+    dv = np.array([float(volume_error(r.cell, t.cell)) for r, t in zip(relaxed, targets)])
+    n, conv = info["n_steps"], info["converged"]
+    return {**relaxation_summary(rms, dv, n, conv), "in_basin": float(np.mean(rms < cfg.basin_threshold)),
             "per_structure": {"material_id": list(ids or []), "rms_displacement": rms.tolist(),
                               "volume_error": dv.tolist(), "steps": n.tolist(), "converged": conv.tolist()}}
 
