@@ -81,8 +81,13 @@ def combine(params, static):
     return eqx.combine(params, static)
 
 
+MAX_NONFINITE_STEPS = 3  # consecutive skipped (non-finite) steps after which `fit` stops
+
+
 def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99, mesh=None) -> Callable:
-    """Pure update step `(state, static, batch, key) -> (state, metrics)` (jit-compiled).
+    """Pure update step `(state, static, batch, key) -> (state, metrics)` (jit-compiled). A step
+    whose loss or gradient is not finite changes nothing but the step counter and reports
+    metrics["nonfinite"] = 1 (`fit` stops after `MAX_NONFINITE_STEPS` of them in a row).
     mesh (`curvax.parallel.data_mesh`): the batch is split over its devices along the leading
     axis and the state replicated; the step is the single-device step on the same global batch."""
 
@@ -92,11 +97,16 @@ def make_update(loss_fn: Callable, optimizer, ema_decay: float = 0.99, mesh=None
             return loss_fn(combine(params, static), batch, key)
 
         (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-        return TrainState(state.step + 1, params, opt_state, ema), metrics
+        # a non-finite loss or gradient leaves the model, optimiser and EMA as they were
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), (params, opt_state, ema),
+                           (state.params, state.opt_state, state.ema))
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, nonfinite=(~finite).astype(loss.dtype))
+        return TrainState(state.step + 1, *new), metrics
 
     if mesh is None:
         return update
@@ -231,11 +241,19 @@ def fit(state: TrainState, static, step_fn: Callable, n_steps: int, workdir,
     base_key = jax.random.PRNGKey(seed)
     t0 = time.time()
     bar = tqdm(total=n_steps, initial=start, disable=not progress, desc=desc, unit="step")
+    bad = []  # consecutive steps with a non-finite loss or gradient
     for step in range(start, n_steps):
         state, metrics = step_fn(state, static, step, jax.random.fold_in(base_key, step))
         row = {"step": step + 1, "time_s": round(t_before + time.time() - t0, 3)}
         row.update({k: float(v) for k, v in metrics.items()})
         log.write(row)
+        bad = bad + [step + 1] if any(v > 0 for k, v in row.items() if k.endswith("nonfinite")) else []
+        if len(bad) >= MAX_NONFINITE_STEPS:
+            bar.close()
+            raise FloatingPointError(
+                f"{workdir}: non-finite loss or gradient at steps {bad} (see metrics.csv; the model was not "
+                f"updated by them): lower the learning rate, or use a gradient mode that suits the data "
+                f"(an implicit gradient needs relaxations that end at a minimum)")
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.endswith("loss")})
         last = step + 1 == n_steps

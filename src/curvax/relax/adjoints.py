@@ -12,8 +12,10 @@
   minimum z*(θ) with ∇_z E = 0, dL/dθ = wᵀ ∂_θ f(z*, θ), with H w = ∂L/∂z* solved by
   conjugate gradients on Hessian-vector products (`curvax.hessian.hvp` at fixed cell, a jvp of
   the generalized forces with the cell), the translation null space, the padded atoms and the
-  antisymmetric part of e projected out. Memory is independent of the number of steps; exact
-  only at a converged minimum.
+  antisymmetric part of e projected out (cg_tol is raised to 30 ε of the dtype, which float32
+  CG cannot beat). Memory is independent of the number of steps; exact only at a converged
+  minimum — elsewhere the Hessian may be indefinite and the solve meaningless (a non-finite
+  result is then skipped by the training step, `finetune.training.make_update`).
   Ref.: Blondel et al., Efficient and modular implicit differentiation, NeurIPS 2022.
 - `NoGradient()`: nothing is differentiated through the relaxation (evaluation, screening);
   its loop exits as soon as every structure has converged instead of running all `steps`
@@ -214,7 +216,10 @@ def _implicit_root(static, batch: Batch, cell: bool, cf, cg_tol: float, cg_maxit
             hvp = lambda v: proj(_gen_hvp(pot, zz, c0, nu, g, m, cell, f, proj(v)))  # noqa: E731
             head = jax.lax.fori_loop(0, tail_steps, lambda _, v: _axpy(-step_size, hvp(v), v), proj(zb))
             rhs = _axpy(-1.0, head, proj(zb)) if tail_steps else proj(zb)
-            w, _ = jax.scipy.sparse.linalg.cg(lambda v: _axpy(damping, proj(v), hvp(v)), rhs, tol=cg_tol,
+            # a tolerance below the dtype's round-off is never met: CG would run all cg_maxiter
+            # iterations on noise (float32: drifting, and 0/0 = NaN once a residual vanishes)
+            tol = max(cg_tol, 30 * float(jnp.finfo(zz.y.dtype).eps))
+            w, _ = jax.scipy.sparse.linalg.cg(lambda v: _axpy(damping, proj(v), hvp(v)), rhs, tol=tol,
                                               maxiter=cg_maxiter)
             return proj(w), head
 
