@@ -173,7 +173,9 @@ def test_sd_learned_step_size_and_model_gradients_match_finite_differences(tmp_p
         assert abs(float(g)) > 1e-4  # both parameters change the end point
 
 
-def test_relax_tune_learns_the_step_size(tmp_path):
+@pytest.mark.parametrize("grad_mode", ["bptt", "hybrid"])
+def test_relax_tune_learns_the_step_size(tmp_path, grad_mode):
+    """Also with the hybrid gradient, whose tail model steps with the learned η."""
     from curvax.finetune.relax_tune import RelaxTuneConfig
 
     cfg, model, pairs, _ = _sd_vacancy_setup(tmp_path)
@@ -188,7 +190,7 @@ def test_relax_tune_learns_the_step_size(tmp_path):
     yml = _config(tmp_path / "sd.yaml", data, tmp_path / "sd", method="sd", learn_step_size=True,
                   step_size_learning_rate=0.1, cell=False, relax_steps=8, relaxer={"step_size": 0.0005},
                   weights={"dq": 1.0, "displacement": 0.0, "lattice": 0.0, "volume": 0.0}, steps=3,
-                  eval_relax_steps=8)
+                  eval_relax_steps=8, grad_mode=grad_mode, hybrid_unrolled_steps=4)
     assert main(["relax-tune", str(yml), "--no-progress"]) == 0
     ev = json.loads((tmp_path / "sd" / "evaluation.json").read_text())
     # 8 steps of η = 5e-4 Å²/eV stop short of the minimum: a larger η lowers D_q, Adam raises it,

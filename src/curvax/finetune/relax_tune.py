@@ -50,7 +50,7 @@ from curvax.finetune import training
 from curvax.io import atomic_write
 from curvax.potentials import check_species, load_potential, save_potential
 from curvax.relax import data as relax_data
-from curvax.relax.adjoints import GRAD_MODES, from_name
+from curvax.relax.adjoints import GRAD_MODES, Hybrid, from_name
 from curvax.relax.driver import evaluate_batch, make_batch, relax, relax_systems, unbatch
 from curvax.relax.metrics import LossWeights, batch_loss, relaxation_summary, rms_displacement, volume_error
 from curvax.system import from_atoms
@@ -226,8 +226,12 @@ def make_loss(cfg: RelaxTuneConfig):
     weights = LossWeights(**cfg.weights)
 
     def loss_fn(model: Relaxation, pairs: PairSet, key):
+        relaxer = model.relaxer(cfg.relaxer)
+        adjoint = cfg.adjoint
+        if isinstance(adjoint, Hybrid):  # its tail model steps with the relaxation's (learned) η
+            adjoint = dataclasses.replace(adjoint, step_size=relaxer.get("step_size", cfg.step_size))
         r = relax(model.potential, pairs.start, cell=cfg.cell, method=cfg.method, steps=cfg.relax_steps,
-                  fmax=cfg.fmax, adjoint=cfg.adjoint, skin=cfg.skin, **model.relaxer(cfg.relaxer))
+                  fmax=cfg.fmax, adjoint=adjoint, skin=cfg.skin, **relaxer)
         t = pairs.target.system
         mask = pairs.target.node_mask
         loss = batch_loss(r, t.positions, t.cell, t.numbers, mask,
