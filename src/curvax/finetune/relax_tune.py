@@ -258,9 +258,12 @@ def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig
     relaxer = dict(cfg.relaxer)
     if model.step_size() is not None:
         relaxer["step_size"] = model.step_size()
+    # steepest descent has no state: chunks of 50 steps give the same trajectory and lose at most
+    # one chunk when an atom passes the skin; FIRE runs in one chunk (a restart resets its velocities)
+    chunk = cfg.eval_relax_steps if cfg.method == "fire" else min(50, cfg.eval_relax_steps)
     relaxed, info = relax_systems(model.potential, unbatch(pairs.start.system, pairs.start), cell=cfg.cell,
                                   steps=cfg.eval_relax_steps, fmax=cfg.eval_fmax or cfg.fmax, method=cfg.method,
-                                  skin=cfg.skin, chunk=cfg.eval_relax_steps, **relaxer)
+                                  skin=cfg.skin, chunk=chunk, **relaxer)
     targets = unbatch(pairs.target.system, pairs.target)
     rms = np.array([float(rms_displacement(r.positions, r.cell, t.positions, t.cell, t.numbers,
                                            jnp.ones(len(t.numbers), bool))) for r, t in zip(relaxed, targets)])
