@@ -139,7 +139,7 @@ def check_spec(potential, spec: NeighborSpec) -> None:
             f"the cutoff {potential.cutoff} Å of {type(potential).__name__}: pairs would be missed; "
             f"allocate the list with the potential's cutoff")
     if spec.half != getattr(potential, "half_list", False):
-        kind = ("half", "full") if spec.half else ("full", "half")
-        raise ValueError(f"a {kind[0]} neighbour list was given to {type(potential).__name__}, which expects a "
-                         f"{kind[1]} list (each pair {'once' if kind[1] == 'half' else 'twice'}): energies would be "
-                         f"{'halved' if spec.half else 'doubled'}; allocate with half={not spec.half}")
+        given, wanted = ("half", "full") if spec.half else ("full", "half")
+        raise ValueError(f"a {given} neighbour list was given to {type(potential).__name__}, which is evaluated on "
+                         f"a {wanted} list: its energy would be {'halved' if spec.half else 'doubled'}; "
+                         f"allocate with half={not spec.half}")

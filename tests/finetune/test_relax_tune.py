@@ -101,6 +101,12 @@ def test_relax_tune_cli_improves_and_resumes(tmp_path, pairs_file):
     # "in basin": the fraction of relaxations ending within basin_threshold (default 0.05 Å) of D_q
     for k in ("before", "after"):
         assert ev[k]["in_basin"] == np.mean(np.asarray(ev[k]["per_structure"]["rms_displacement"]) < 0.05)
+    # a finished run re-evaluates under other evaluation settings; other changes are refused
+    strict = _config(tmp_path / "strict.yaml", pairs_file, tmp_path / "run", basin_threshold=1e-9)
+    assert main(["relax-tune", str(strict), "--no-progress"]) == 0
+    after = json.loads((tmp_path / "run" / "evaluation.json").read_text())["after"]
+    assert after["in_basin"] == np.mean(np.asarray(after["per_structure"]["rms_displacement"]) < 1e-9) < 1.0
+    assert main(["relax-tune", str(_config(tmp_path / "lr.yaml", pairs_file, tmp_path / "run", rattle=0.2))]) == 2
 
 
 def test_relax_tune_config_errors(tmp_path, pairs_file):

@@ -258,12 +258,9 @@ def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig
     relaxer = dict(cfg.relaxer)
     if model.step_size() is not None:
         relaxer["step_size"] = model.step_size()
-    # steepest descent has no state: chunks of 50 steps give the same trajectory and lose at most
-    # one chunk when an atom passes the skin; FIRE runs in one chunk (a restart resets its velocities)
-    chunk = cfg.eval_relax_steps if cfg.method == "fire" else min(50, cfg.eval_relax_steps)
     relaxed, info = relax_systems(model.potential, unbatch(pairs.start.system, pairs.start), cell=cfg.cell,
                                   steps=cfg.eval_relax_steps, fmax=cfg.eval_fmax or cfg.fmax, method=cfg.method,
-                                  skin=cfg.skin, chunk=chunk, **relaxer)
+                                  skin=cfg.skin, chunk=cfg.eval_relax_steps, **relaxer)
     targets = unbatch(pairs.target.system, pairs.target)
     rms = np.array([float(rms_displacement(r.positions, r.cell, t.positions, t.cell, t.numbers,
                                            jnp.ones(len(t.numbers), bool))) for r, t in zip(relaxed, targets)])
@@ -303,7 +300,9 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
     `restart` starts afresh) and evaluate; returns the evaluation dict."""
     record = {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model),
               "data_sha256": training.file_fingerprint(cfg.data)}
-    workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
+    # evaluation settings may change between runs of one training (a rerun re-evaluates)
+    workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart,
+                                       may_change=("steps", "workdir", "eval_relax_steps", "eval_fmax", "basin_threshold"))
     dtype = precision.dtype_for(cfg.x64)
     base = load_potential(cfg.model, dtype)
     splits = load_splits(cfg, base)

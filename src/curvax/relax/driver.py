@@ -76,7 +76,7 @@ def unbatch(result: RelaxResult, batch: Batch, pbc=(True, True, True)) -> list[S
 
 def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", steps: int = 100,
           fmax: float = 0.05, adjoint: AbstractAdjoint = Unrolled(), cutoff: float | None = None,
-          skin: float = 1.0, **relaxer_kwargs) -> RelaxResult:
+          skin: float = 1.0, stop_at_skin: bool = False, **relaxer_kwargs) -> RelaxResult:
     """Relax every structure of `batch` (jit-able; differentiable w.r.t. the potential).
 
     batch: `make_batch` output (graphs allocated at cutoff + skin, held fixed).
@@ -84,8 +84,10 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
     (`Unrolled()`, `Checkpointed(segment)`, `Implicit(...)`, `Hybrid(K, η)`, `NoGradient()`:
     `curvax.relax.adjoints`);
     cutoff, skin [Å]: the graph's cutoff is cutoff + skin (cutoff defaults to
-    potential.cutoff), used only for `graph_ok`. relaxer_kwargs go to the relaxer factory
-    (e.g. dt, max_step, step_size).
+    potential.cutoff), used only for `graph_ok`. stop_at_skin (with an adjoint whose loop exits
+    early, `NoGradient()`): a structure stops at the first step past the graph's bound — its
+    positions come from forces on a valid graph; re-allocate and continue (`relax_systems`).
+    relaxer_kwargs go to the relaxer factory (e.g. dt, max_step, step_size).
     """
     if method not in RELAXERS:
         raise ValueError(f"unknown relaxer {method!r}; choose one of {sorted(RELAXERS)}")
@@ -102,6 +104,14 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
     on_arrays = lambda fn, kw: {k: fn(v) if eqx.is_inexact_array(v) else v for k, v in kw.items()}  # noqa: E731
     relaxer_kwargs = on_arrays(adjoint.forward_params, relaxer_kwargs)
     head = adjoint.head_steps(steps)
+    if stop_at_skin and not (adjoint.early_exit and head is None):
+        raise ValueError("stop_at_skin needs an adjoint whose relaxation loop may stop early (NoGradient())")
+
+    def graph_holds(zz, y0, m, f):
+        """The fixed graph still holds every pair within rc (module doc's bound)."""
+        dy = jnp.max(_safe_norm((zz.y - y0) * m[:, None], axis=-1))
+        smin = jnp.min(jnp.abs(jnp.linalg.eigvalsh(deformation(zz.e, f))))
+        return smin * (rc + skin - 2.0 * dy) > rc
 
     def one(y0, c0, nu, g, m, f):
         def relaxer(p, kwargs):
@@ -116,7 +126,8 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
         init, step = relaxer(run_params, relaxer_kwargs)
         z0 = Coords(y0, jnp.zeros((3, 3), dtype))
         if head is None:
-            s, n = unroll(step, init(z0), steps, fmax, segment, adjoint.early_exit)
+            valid = (lambda st: graph_holds(st.z, y0, m, f)) if stop_at_skin else None  # noqa: E731
+            s, n = unroll(step, init(z0), steps, fmax, segment, adjoint.early_exit, valid)
             return s.z, s.z, s.fmax, n
         s, n = unroll(step, init(z0), head, fmax, segment)  # differentiated head ...
         tail_step = relaxer(jax.lax.stop_gradient(params),  # ... then the tail without gradients
@@ -132,10 +143,7 @@ def relax(potential, batch: Batch, *, cell: bool = False, method: str = "fire", 
     def finish(zz, y0, c0, nu, g, m, f):
         x, c = structure(zz, c0, f)
         ev = evaluate(potential, zz, c0, nu, g, m, cell, f)
-        dy = jnp.max(_safe_norm((zz.y - y0) * m[:, None], axis=-1))
-        smin = jnp.min(jnp.abs(jnp.linalg.eigvalsh(deformation(zz.e, f))))
-        ok = smin * (rc + skin - 2.0 * dy) > rc
-        return x, c, ev.energy, ok
+        return x, c, ev.energy, graph_holds(zz, y0, m, f)
 
     x, c, e, ok = jax.vmap(finish)(z, batch.system.positions, *columns)
     return RelaxResult(x, c, e, fm, n, fm < fmax, ok)
@@ -162,11 +170,13 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
                   **kwargs) -> tuple[list[System], dict]:
     """Host-side convenience: relax a list of `System`s one by one (no gradients).
 
-    Runs `chunk` steps at a time with the graph re-allocated at the start of each chunk (atoms
-    padded to the largest structure and edges to a shared, growing capacity, so that structures
-    of different sizes reuse one compiled relaxation); a chunk after which
-    `graph_ok` fails is re-run at half the length. Stops at `fmax` or after `steps`.
-    FIRE's velocities restart at each chunk (as after an ASE restart). A structure whose
+    Runs up to `chunk` steps at a time with the graph re-allocated at the start of each chunk
+    (atoms padded to the largest structure and edges to a shared, growing capacity, so that
+    structures of different sizes reuse one compiled relaxation); a chunk ends early at the
+    first step that takes an atom past the graph's skin (`relax(stop_at_skin=True)`: those
+    positions came from forces on a valid graph), so no step is wasted and no pair within the
+    cutoff is ever missed. Stops at `fmax` or after `steps`. FIRE's velocities restart at each
+    chunk (as after an ASE restart). A structure whose
     energy or forces turn NaN/inf stops there, is not converged, and its "error" says so; the
     others go on. `progress(n)`, if given, is called with the number of steps of the budget
     (len(systems) × steps) used since its last call.
@@ -183,17 +193,14 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
         s, potential.cutoff + skin, where=f"structure {k}").mask))))) + 1 for k, s in enumerate(systems))
     for k, s in enumerate(systems):
         check_species(potential, s.numbers, where=f"structure {k}")
-        done, cur, fm, e, n_chunk, error = 0, s, np.inf, np.nan, chunk, ""
+        done, cur, fm, e, error = 0, s, np.inf, np.nan, ""
         while done < steps:
-            n = min(n_chunk, steps - done)
+            n = min(chunk, steps - done)
             graph = batching.graph_of(cur, potential.cutoff + skin, where=f"structure {k}")
             cap = max(cap, int(np.ceil(1.2 * int(np.sum(np.asarray(graph.mask))))) + 1)
             batch = make_batch([cur], potential.cutoff, skin, n_atoms=n_pad, n_edges=cap)
             res = relax_jit(potential, batch, cell=cell, method=method, steps=n, fmax=fmax, skin=skin,
-                            adjoint=NoGradient(), **kwargs)
-            if not bool(res.graph_ok[0]) and n > 1:
-                n_chunk = max(1, n // 2)
-                continue
+                            adjoint=NoGradient(), stop_at_skin=True, **kwargs)
             done += int(res.n_steps[0])
             fm, e = float(res.fmax[0]), float(res.energy[0])
             if progress is not None:
@@ -202,7 +209,7 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
                 error = f"energy or forces became NaN/inf within {done} steps"
                 break
             cur = unbatch(res, batch, s.pbc)[0]
-            if bool(res.converged[0]):
+            if bool(res.converged[0]) and bool(res.graph_ok[0]):  # forces from a valid graph
                 break
         if progress is not None:
             progress(steps - done)

@@ -107,17 +107,19 @@ RELAXERS = {"fire": fire, "sd": steepest_descent}
 
 
 def unroll(step: Callable, state, steps: int, fmax: float, segment: int | None = None,
-           early_exit: bool = False):
+           early_exit: bool = False, valid: Callable | None = None):
     """Run up to `steps` relaxer steps, freezing once state.fmax < fmax.
 
     `lax.scan` over all `steps` (reverse-differentiable); segment: if given, scan over
     ⌊steps/segment⌋ segments, each `jax.checkpoint`-ed (gradient checkpointing), plus the
     remainder. early_exit: a `lax.while_loop` that stops at convergence instead (the same
     result; under `vmap` once every structure has converged; not reverse-differentiable — for
-    relaxations nothing is backpropagated through). Returns (final state, number of steps taken).
+    relaxations nothing is backpropagated through); `valid(state)`, if given, also stops it at
+    the first state for which it is False. Returns (final state, number of steps taken).
     """
     if early_exit:
-        return jax.lax.while_loop(lambda c: (c[1] < steps) & ~(c[0].fmax < fmax),
+        ok = (lambda s: True) if valid is None else valid  # noqa: E731
+        return jax.lax.while_loop(lambda c: (c[1] < steps) & ~(c[0].fmax < fmax) & ok(c[0]),
                                   lambda c: (step(c[0]), c[1] + 1), (state, jnp.asarray(0, jnp.int32)))
 
     def body(carry, _):
