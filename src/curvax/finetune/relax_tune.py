@@ -15,15 +15,17 @@ the mass-weighted D_q loss (`weights: {dq: 1, displacement: 0, lattice: 0, volum
 BPTT (`grad_mode: bptt`).
 
 All training pairs are padded to one shape (atoms, edges), so the training relaxation compiles
-once (its graph is held fixed over the `relax_steps` unrolled steps). The training loop is `curvax.finetune.training.fit` (atomic checkpoints, resume
-after a kill with an identical continuation, metrics.csv/eval.csv, tqdm progress).
+once (its graph is held fixed over the `relax_steps` unrolled steps). The training loop is
+`curvax.finetune.training.fit` (atomic checkpoints, resume after a kill with an identical
+continuation, metrics.csv/eval.csv, tqdm progress).
 
 Evaluation (`evaluate_relaxations`, on the test split, base vs fine-tuned EMA model; full
-relaxations by `relax.relax_systems`, whose graph follows the atoms): mass-weighted
-RMS displacement [Å] from the DFT structure, fraction ending in the DFT basin, |V/V_DFT − 1|, steps to reach fmax (capped at
-`eval_relax_steps`), converged fraction; forgetting check (`forgetting`): |ΔE|/atom [eV/atom] and
-force MAE [eV/Å] of the fine-tuned vs the base model on the test starting structures, and both
-models' energy MAE vs the DFT energies of the relaxed structures.
+relaxations by `relax.relax_systems`, whose graph follows the atoms): mass-weighted RMS
+displacement [Å] from the DFT structure, fraction ending in the DFT basin, |V/V_DFT − 1|, steps
+to reach fmax (capped at `eval_relax_steps`), converged fraction; forgetting check
+(`forgetting`): |ΔE|/atom [eV/atom] and force MAE [eV/Å] of the fine-tuned vs the base model on
+the test starting structures, and both models' energy MAE vs the DFT energies of the relaxed
+structures.
 
 Config: YAML (see `configs/relax-tune-nequix-mp.yaml`); `RelaxTuneConfig` documents every key.
 Outputs in `workdir`: config.yaml, pairs-{train,validation,test}.extxyz, checkpoint.eqx,
