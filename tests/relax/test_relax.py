@@ -310,24 +310,3 @@ def test_relax_volume_reaches_zero_pressure_from_either_side():
         assert abs(stress[:3].sum()) / 3 < 1e-7
     np.testing.assert_allclose(scaled[2].get_scaled_positions(), odd.get_scaled_positions(), atol=1e-12)
 
-
-def test_relax_systems_follows_atoms_past_the_skin():
-    """A chunk stops at the first step past the graph's skin and continues on a fresh graph: with a
-    skin of 0.05 (atoms move ≈ 0.3) steepest descent reaches exactly the end point and step count
-    of a relaxation whose graph never runs out (skin 3), and FIRE the same minimum; a fixed-graph
-    relaxation with the small skin reports graph_ok False."""
-    atoms = bulk("Ar", "fcc", a=1.55, cubic=True).repeat(2)
-    del atoms[0]
-    atoms.positions += np.random.default_rng(5).normal(0, 0.12, atoms.positions.shape)
-    start = from_atoms(atoms)
-    fixed = relax_jit(lj(), make_batch([start], RC, 0.05), steps=400, fmax=1e-6, skin=0.05, method="sd",
-                      step_size=0.002)
-    assert not bool(fixed.graph_ok[0])
-    for method, kw in (("sd", dict(step_size=0.002)), ("fire", {})):
-        (small,), a = relax_systems(lj(), [start], steps=400, fmax=1e-6, skin=0.05, chunk=400, method=method, **kw)
-        (large,), b = relax_systems(lj(), [start], steps=400, fmax=1e-6, skin=3.0, chunk=400, method=method, **kw)
-        assert a["converged"][0] and b["converged"][0]
-        tol = 1e-10 if method == "sd" else 1e-5  # FIRE restarts its velocities at each new graph
-        np.testing.assert_allclose(np.asarray(small.positions), np.asarray(large.positions), atol=tol)
-        if method == "sd":
-            assert a["n_steps"][0] == b["n_steps"][0]
