@@ -199,8 +199,10 @@ def relax_systems(potential, systems, *, cell: bool = False, steps: int = 500, f
             graph = batching.graph_of(cur, potential.cutoff + skin, where=f"structure {k}")
             cap = max(cap, int(np.ceil(1.2 * int(np.sum(np.asarray(graph.mask))))) + 1)
             batch = make_batch([cur], potential.cutoff, skin, n_atoms=n_pad, n_edges=cap)
-            res = relax_jit(potential, batch, cell=cell, method=method, steps=n, fmax=fmax, skin=skin,
-                            adjoint=NoGradient(), stop_at_skin=True, **kwargs)
+            # the step budget as an array: chunks cut short at the skin leave budgets of every
+            # length, and a static one would compile the relaxation again for each
+            res = relax_jit(potential, batch, cell=cell, method=method, steps=jnp.asarray(n, jnp.int32), fmax=fmax,
+                            skin=skin, adjoint=NoGradient(), stop_at_skin=True, **kwargs)
             done += int(res.n_steps[0])
             fm, e = float(res.fmax[0]), float(res.energy[0])
             if progress is not None:
