@@ -120,12 +120,12 @@ def test_nequix_models_share_compiled_programs(nequix32):
     pft = load_potential(str(NEQUIX_MP_PFT), dtype=jax.numpy.float32)
     assert jax.tree.structure(pft) == jax.tree.structure(nequix32)
     phonon, _ = force_constants_from_atoms(bulk("Si", "diamond", a=5.43), [2, 2, 2], nequix32, bucket=True, chunk=4)
-    n_compiled = _columns._cached._cache_size()
+    n_compiled = _columns.jit._cached._cache_size()
     for pot in (nequix32, pft):
         a = force_constants(phonon, pot, assign=False, bucket=True, chunk=4).force_constants
         b = force_constants(phonon, pot, assign=False).force_constants
         np.testing.assert_allclose(a, b, atol=2e-5 * np.abs(b).max())
-    assert _columns._cached._cache_size() == n_compiled + 1  # only the unbucketed shape was new
+    assert _columns.jit._cached._cache_size() == n_compiled + 1  # only the unbucketed shape was new
 
 
 def test_folded_force_constants_are_the_unit_cell_hessian(morse):

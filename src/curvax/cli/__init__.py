@@ -6,30 +6,12 @@ parses its arguments, builds its config and calls the library (`curvax.finetune.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
-from curvax import parallel, precision
+from curvax import compilation, parallel, precision
 from curvax.cli import finetune, gk, kappa, phonons, relax, relax_tune, screen
 
 COMMANDS = (relax, relax_tune, phonons, screen, kappa, gk, finetune)
-CACHE_ENV = "CURVAX_JAX_CACHE"
-
-
-def enable_compilation_cache() -> str | None:
-    """JAX's persistent compilation cache for the command line: compiled XLA programs are kept in
-    `$CURVAX_JAX_CACHE` (default ~/.cache/curvax/jax), so running a command again on the same
-    shapes compiles nothing (same programs, bit-identical results). `CURVAX_JAX_CACHE=off`
-    disables it (the test suite does). Returns the folder, or None."""
-    import jax
-
-    path = os.environ.get(CACHE_ENV, str(Path("~/.cache/curvax/jax").expanduser()))
-    if path.lower() in ("", "0", "off", "none"):
-        return None
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-    return path
 
 
 def main(argv=None) -> int:
@@ -48,7 +30,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.x64 = bool(args.x64 or precision.x64_from_environment())
     precision.enable_x64(args.x64)
-    enable_compilation_cache()
+    compilation.enable_caches()  # $CURVAX_JAX_CACHE: compiled and traced programs kept across runs
     if args.distributed:
         parallel.initialize_distributed()
     try:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from curvax import parallel
 from curvax.batch import bucket_shape, graph_of, pad_structure
+from curvax.compilation import stored_jit
 from curvax.hessian import hessian, hessian_columns
 from curvax.neighbors import allocate
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
@@ -58,7 +58,7 @@ def _supercell_system(phonon, potential, dtype=None):
     return system, graph
 
 
-@eqx.filter_jit
+@stored_jit  # the traced program is kept with the CLI's compilation cache (curvax.compilation)
 def _columns(potential, system, graph, vs, chunk):
     return hessian_columns(potential, system, graph, vs, chunk)
 
