@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -36,7 +37,7 @@ class System(NamedTuple):
 
 def from_atoms(atoms, dtype=None) -> System:
     """`ase.Atoms` -> `System` (float32 unless jax x64 is enabled or `dtype` is given)."""
-    dtype = dtype or jnp.zeros(()).dtype
+    dtype = dtype or jax.dtypes.canonicalize_dtype(jnp.float64)
     pbc = tuple(bool(p) for p in atoms.pbc)
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     if any(pbc) and abs(np.linalg.det(cell)) < 1e-8:
@@ -44,10 +45,11 @@ def from_atoms(atoms, dtype=None) -> System:
             f"structure {atoms.get_chemical_formula()} has pbc={list(pbc)} but a degenerate cell "
             f"(volume {abs(np.linalg.det(cell)):.3g} Å³); give it a full 3D cell or set pbc=False"
         )
+    # device_put, not jnp.asarray: the latter compiles a small program per new shape (≈ 10–20 ms)
     return System(
-        positions=jnp.asarray(atoms.positions, dtype=dtype),
-        cell=jnp.asarray(cell, dtype=dtype),
-        numbers=jnp.asarray(atoms.numbers, dtype=jnp.int32),
+        positions=jax.device_put(np.asarray(atoms.positions, dtype=dtype)),
+        cell=jax.device_put(np.asarray(cell, dtype=dtype)),
+        numbers=jax.device_put(np.asarray(atoms.numbers, dtype=np.int32)),
         pbc=pbc,
     )
 

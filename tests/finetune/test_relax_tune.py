@@ -207,3 +207,51 @@ def test_relax_tune_learns_the_step_size(tmp_path, grad_mode):
     assert float(rows[-1]["step_size"]) > float(rows[0]["step_size"])
     with pytest.raises(ValueError, match="learn_step_size needs method: sd"):
         load_config(_config(tmp_path / "f.yaml", data, tmp_path / "w", learn_step_size=True), RelaxTuneConfig)
+
+
+def test_force_anchor_is_the_base_force_msd_with_exact_gradients(tmp_path, pairs_file):
+    """`anchor_weight` adds w_F · mean |F_θ − F_base|² over the real atoms of the starts: zero at
+    the base model, the hand-computed force difference elsewhere, gradients = finite
+    differences; and in a run it keeps the fine-tuned forces nearer the base model's."""
+    import dataclasses
+
+    import equinox as eqx
+
+    from curvax import compute
+    from curvax.finetune.relax_tune import Relaxation, make_loss
+
+    cfg, model, pairs, plain_loss = _sd_vacancy_setup(tmp_path)
+    f_base = np.asarray(compute(model.potential, from_atoms(_start_atoms(pairs)))[0]["forces"])
+    anchored = pairs._replace(base_forces=jnp.zeros_like(pairs.start.system.positions).at[0, :31].set(f_base))
+    loss_fn = make_loss(dataclasses.replace(cfg, anchor_weight=50.0))
+    loss0, m0 = loss_fn(model, anchored, None)
+    assert float(m0["anchor_force_rms"]) < 1e-12 and float(loss0) == pytest.approx(float(plain_loss(model, pairs, None)[0]), rel=1e-12)
+    other = Relaxation(load_potential("lj:sigma=1.0,epsilon=1.0,cutoff=2.0", jnp.float64), model.log_step_size)
+    f_other = np.asarray(compute(other.potential, from_atoms(_start_atoms(pairs)))[0]["forces"])
+    by_hand = np.sqrt(np.mean((f_other - f_base) ** 2))
+    assert by_hand > 1e-2
+    assert float(loss_fn(other, anchored, None)[1]["anchor_force_rms"]) == pytest.approx(by_hand, rel=1e-10)
+    f = jax.jit(lambda m: loss_fn(m, anchored, None)[0])
+    g = eqx.filter_grad(lambda m: loss_fn(m, anchored, None)[0])(other).potential.sigma
+    h = 1e-5
+    fd = (f(eqx.tree_at(lambda m: m.potential.sigma, other, other.potential.sigma + h))
+          - f(eqx.tree_at(lambda m: m.potential.sigma, other, other.potential.sigma - h))) / (2 * h)
+    assert float(g) == pytest.approx(float(fd), rel=1e-6)
+
+    drift = {}
+    for w in (0.0, 100.0):
+        yml = _config(tmp_path / f"a{w}.yaml", pairs_file, tmp_path / f"a{w}", anchor_weight=w, steps=3)
+        assert main(["relax-tune", str(yml), "--no-progress"]) == 0
+        ev = json.loads((tmp_path / f"a{w}" / "evaluation.json").read_text())
+        drift[w] = ev["forgetting"]["force_change_mae_eV_A"]
+    assert drift[0.0] > 1e-3 and drift[100.0] < 0.5 * drift[0.0]
+    assert "anchor_force_rms" in _rows(tmp_path / "a100.0")[0]
+
+
+def _start_atoms(pairs):
+    """The (single) start structure of a `PairSet` as ase.Atoms (31-atom vacancy cell)."""
+    from ase import Atoms
+
+    s = pairs.start.system
+    return Atoms(numbers=np.asarray(s.numbers[0, :31]), positions=np.asarray(s.positions[0, :31]),
+                 cell=np.asarray(s.cell[0]), pbc=True)

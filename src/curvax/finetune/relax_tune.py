@@ -4,6 +4,8 @@ One training step, for a batch of (perturbed start z₀, DFT-relaxed target) pai
 
     z_T(θ) = FIRE/SD unrolled T steps from z₀ with the potential θ     (`curvax.relax.relax`)
     L(θ)   = mean_b [w_x L_x + w_q D_q + w_a L_a + w_V L_V (+ w_E L_E)](z_T, target)   (`curvax.relax.metrics`)
+             + w_F · mean |F_θ(z₀) − F_base(z₀)|²     (`anchor_weight`, co-training against forgetting:
+               the base model's own forces on the training starts as pseudo-labels [eV²/Å²])
     θ ← optax update of ∇_θ L, by BPTT, checkpointed BPTT or implicit differentiation
         (`grad_mode` → an adjoint of `curvax.relax.adjoints`); EMA of θ kept for evaluation and saving.
 
@@ -43,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from curvax import batch as batching
 from curvax import parallel, precision
@@ -86,6 +89,7 @@ class RelaxTuneConfig:
     skin: float = 1.0  # Å, neighbour-list margin held fixed during a relaxation
     relaxer: dict = dataclasses.field(default_factory=dict)  # e.g. {dt: 0.1, max_step: 0.2}
     weights: dict = dataclasses.field(default_factory=dict)  # displacement, lattice, volume, energy
+    anchor_weight: float = 0.0  # co-training against forgetting: loss + w_F · mean |F − F_base|² [eV²/Å²] on the training starts
     optimizer: dict = dataclasses.field(default_factory=lambda: {"name": "adam", "learning_rate": 1e-4})
     ema_decay: float = 0.9
     checkpoint_every: int = 5
@@ -117,7 +121,7 @@ class RelaxTuneConfig:
             raise ValueError(f"{where}: unknown loss weights {sorted(unknown)}; known: {list(LossWeights._fields)}")
         at_least(where, self, 1, "steps", "batch_size", "relax_steps", "eval_relax_steps", "max_atoms", "hybrid_unrolled_steps",
                  "n_perturbations", "checkpoint_every", "segment", "limit", "max_train", "max_eval")
-        at_least(where, self, 0, "rattle", "strain", "skin", "eval_every", "seed")
+        at_least(where, self, 0, "rattle", "strain", "skin", "eval_every", "seed", "anchor_weight")
         if not self.fmax > 0 or (self.eval_fmax is not None and not self.eval_fmax > 0):
             raise ValueError(f"{where}: fmax and eval_fmax must be positive [eV/Å]")
         if not self.basin_threshold > 0:
@@ -174,14 +178,18 @@ def make_optimizer(cfg: RelaxTuneConfig):
 
 # --------------------------------------------------------------------------- data
 class PairSet(NamedTuple):
-    """Padded (start, target) batches (`curvax.batch.Batch`, leading axis B), DFT energies (B,) [eV]."""
+    """Padded (start, target) batches (`curvax.batch.Batch`, leading axis B), DFT energies (B,) [eV];
+    with `anchor_weight`, the base model's forces on the starts (B, N, 3) [eV/Å]."""
 
     start: Batch
     target: Batch
     energy: jnp.ndarray
+    base_forces: jnp.ndarray | None = None
 
     def take(self, idx) -> "PairSet":
-        return PairSet(batching.take(self.start, idx), batching.take(self.target, idx), self.energy[np.asarray(idx)])
+        idx = np.asarray(idx)
+        return PairSet(batching.take(self.start, idx), batching.take(self.target, idx), self.energy[idx],
+                       None if self.base_forces is None else self.base_forces[idx])
 
 
 def load_splits(cfg: RelaxTuneConfig, potential) -> dict:
@@ -243,6 +251,11 @@ def make_loss(cfg: RelaxTuneConfig):
         metrics = {"rms_displacement": jnp.mean(rms), "abs_volume_error": jnp.mean(jnp.abs(dv)),
                    "converged": jnp.mean(r.converged.astype(loss.dtype)),
                    "graph_ok": jnp.mean(r.graph_ok.astype(loss.dtype))}
+        if cfg.anchor_weight:  # co-training against forgetting: stay near the base model's forces
+            anchor = _force_msd(_energies_forces(model.potential, pairs.start)[1], pairs.base_forces,
+                                pairs.start.node_mask)
+            loss = loss + cfg.anchor_weight * anchor
+            metrics["anchor_force_rms"] = jnp.sqrt(anchor)
         if model.log_step_size is not None:
             metrics["step_size"] = jnp.exp(model.log_step_size)
         return loss, metrics
@@ -250,19 +263,20 @@ def make_loss(cfg: RelaxTuneConfig):
     return loss_fn
 
 
-def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig, ids=None) -> dict:
+def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig, ids=None, progress=None) -> dict:
     """Relax the starts to `eval_fmax` (no gradients; a learned η is used) with
     `relax.relax_systems` — one structure per call, the graph re-allocated whenever an atom has
     moved past the skin, so no pair within the cutoff is missed however far the atoms travel —
     and report per structure the mass-weighted RMS displacement D_q [Å] from the DFT structure,
     V/V_DFT − 1, steps and convergence; plus their means and the fraction "in_basin" of
-    relaxations ending in the DFT basin (D_q < `basin_threshold`)."""
+    relaxations ending in the DFT basin (D_q < `basin_threshold`). `progress(n)`: as in
+    `relax_systems` (steps of the budget used)."""
     relaxer = dict(cfg.relaxer)
     if model.step_size() is not None:
         relaxer["step_size"] = model.step_size()
     relaxed, info = relax_systems(model.potential, unbatch(pairs.start.system, pairs.start), cell=cfg.cell,
                                   steps=cfg.eval_relax_steps, fmax=cfg.eval_fmax or cfg.fmax, method=cfg.method,
-                                  skin=cfg.skin, chunk=cfg.eval_relax_steps, **relaxer)
+                                  skin=cfg.skin, chunk=cfg.eval_relax_steps, progress=progress, **relaxer)
     targets = unbatch(pairs.target.system, pairs.target)
     rms = np.array([float(rms_displacement(r.positions, r.cell, t.positions, t.cell, t.numbers,
                                            jnp.ones(len(t.numbers), bool))) for r, t in zip(relaxed, targets)])
@@ -276,6 +290,21 @@ def evaluate_relaxations(model: Relaxation, pairs: PairSet, cfg: RelaxTuneConfig
 def _energies_forces(potential, batch: Batch):
     ev = evaluate_batch(potential, batch)
     return ev.energy, ev.forces
+
+
+def _forces_in_batches(potential, batch: Batch, size: int):
+    """Forces (B, N, 3) [eV/Å] on every structure of `batch`, `size` structures per call (one
+    compiled shape: the last call is filled up with the first structures)."""
+    n = int(batch.n_atoms.shape[0])
+    out = [np.asarray(_energies_forces(potential, batching.take(batch, np.arange(c, c + size) % n))[1])
+           for c in range(0, n, size)]
+    return jnp.asarray(np.concatenate(out)[:n])
+
+
+def _force_msd(forces, reference, node_mask):
+    """Mean squared force difference over real atoms and components [eV²/Å²]."""
+    m = node_mask[..., None].astype(forces.dtype)
+    return jnp.sum((forces - reference) ** 2 * m) / (3 * jnp.sum(m))
 
 
 def forgetting(base, tuned, pairs: PairSet) -> dict:
@@ -313,6 +342,8 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
             relax_data.write_pairs(workdir / f"pairs-{name}.extxyz", pairs)
     sets = pad_splits(splits, base.cutoff, cfg.skin, dtype)
     train, _ = sets["train"]
+    if cfg.anchor_weight:
+        train = train._replace(base_forces=_forces_in_batches(base, train.start, cfg.batch_size))
     print("pairs: " + ", ".join(f"{k} {len(v[1])}" for k, v in sets.items())
           + f"; padded to {train.start.system.positions.shape[1]} atoms / {train.start.graph.mask.shape[1]} edges",
           flush=True)
@@ -347,8 +378,10 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
         result["step_size"] = {"initial": cfg.step_size, "learned": tuned.step_size()}  # Å²/eV
     result["eval_set"] = next(k for k in ("test", "validation", "train") if k in sets)
     test, ids = sets[result["eval_set"]]
-    result["before"] = evaluate_relaxations(Relaxation(base), test, cfg, ids)
-    result["after"] = evaluate_relaxations(tuned, test, cfg, ids)
+    for key, label, model in (("before", "base", Relaxation(base)), ("after", "fine-tuned", tuned)):
+        with tqdm(total=len(test.start.n_atoms) * cfg.eval_relax_steps, unit="step", disable=not progress,
+                  desc=f"relaxing the {result['eval_set']} starts, {label} model") as bar:
+            result[key] = evaluate_relaxations(model, test, cfg, ids, progress=bar.update)
     result["forgetting"] = forgetting(base, tuned.potential, test)
     result["change"] = per_structure_change(result["before"], result["after"])
     atomic_write(workdir / "evaluation.json", json.dumps(result, indent=2))

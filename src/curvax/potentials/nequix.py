@@ -126,10 +126,18 @@ def read_nequix(path) -> NequixPotential:
         try:
             # the template must be float32 like the file, also when jax x64 is on
             with jax.enable_x64(False):
-                model = eqx.tree_deserialise_leaves(f, _template(config))
+                model = eqx.tree_deserialise_leaves(f, _template(config), filter_spec=_read_leaf)
         except Exception as e:  # truncated / incompatible weights, config keys missing
             raise ValueError(f"{path}: could not read Nequix weights ({type(e).__name__}: {e})") from e
     return NequixPotential(_shared_static(model, _HashableDict(config)), config)
+
+
+def _read_leaf(f, x):
+    """One weight array, straight to the device: `jnp.load` (equinox's default) compiles a small
+    program for every new array shape, ≈ 10–20 ms each."""
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+        return jax.device_put(np.load(f))
+    return eqx.default_deserialise_filter_spec(f, x)
 
 
 def _template(config: dict):
