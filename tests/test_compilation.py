@@ -100,3 +100,14 @@ def test_unnameable_static_parts_are_not_stored_and_a_broken_file_is_replaced(st
     np.testing.assert_allclose(got, np.asarray(plain(LJ, system, graph, vs, 2)), rtol=1e-12,
                                atol=1e-12 * np.abs(got).max())
     assert path.stat().st_size > 1000
+
+
+def test_an_unwritable_store_still_computes(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the store folder should be: mkdir fails
+    monkeypatch.setattr(compilation, "_store", blocker / "programs")
+    monkeypatch.setattr(compilation, "_loaded", {})
+    system, graph, vs = _case(LJ)
+    got = np.asarray(stored(LJ, system, graph, vs, 2))
+    np.testing.assert_allclose(got, np.asarray(plain(LJ, system, graph, vs, 2)), rtol=1e-12,
+                               atol=1e-12 * np.abs(got).max())

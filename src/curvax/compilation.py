@@ -104,8 +104,11 @@ def _program(fn, key: str, static, treedef, leaves):
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=bool(getattr(x, "weak_type", False)))
               for x in leaves]
     exported = jax.export.export(jax.jit(flat))(*shapes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, bytes(exported.serialize()))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, bytes(exported.serialize()))
+    except OSError:  # a read-only or full cache folder: this run still uses the program
+        pass
     return exported
 
 
