@@ -31,7 +31,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 
-__all__ = ["CACHE_ENV", "enable_caches", "stored_jit", "program_store"]
+__all__ = ["CACHE_ENV", "enable_caches", "stored_jit"]
 
 CACHE_ENV = "CURVAX_JAX_CACHE"
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -53,11 +53,6 @@ def enable_caches(path: str | None = None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     _store = Path(path) / "programs"
     return Path(path)
-
-
-def program_store() -> Path | None:
-    """The folder of `stored_jit`'s programs, or None when storing is off."""
-    return _store
 
 
 @functools.cache
