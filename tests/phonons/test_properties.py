@@ -156,7 +156,8 @@ def test_read_structure_errors(tmp_path):
     write(tmp_path / "h2o.xyz", molecule("H2O"))
     with pytest.raises(ValueError, match="h2o.xyz.*periodic"):
         _read_structure(tmp_path / "h2o.xyz")
-    assert main(["phonons", str(tmp_path / "nope.cif"), "--model", str(NEQUIX_MP)]) == 2
+    assert main(["phonons", str(tmp_path / "nope.cif"), "--model", str(NEQUIX_MP), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()   # bad input creates no output folder
 
 
 @pytest.mark.skipif(not (NEQUIX_MP.is_file() and (PHONONS / "Cr").is_dir()),

@@ -92,7 +92,6 @@ def run(args) -> int:
     from phonopy import Phonopy
     from tqdm.auto import tqdm
 
-    out = check_writable(args.out, "output folder --out")
     if args.supercell is not None and args.compare_dft:
         raise ValueError("--supercell conflicts with --compare-dft: the model is compared on the DFT set's "
                          "supercell; drop --supercell")
@@ -107,6 +106,7 @@ def run(args) -> int:
         smat = np.diag([2, 2, 2])
     if args.primitive is not None:
         pmat = args.primitive
+    out = check_writable(args.out, "output folder --out")   # after the inputs: bad input creates nothing
 
     pot = load_potential(args.model, precision.dtype_for(args.x64))
     check_species(pot, atoms.numbers, where=str(args.structure))
