@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curvax.cli.common import add_command
+from curvax.cli.common import add_command, add_training_options
 from curvax.config import load_config
 from curvax.finetune import pft
 
@@ -17,14 +17,8 @@ from curvax.finetune import pft
 def add_parser(subparsers):
     p = add_command(subparsers, "finetune", __doc__, "phonon fine-tuning (PFT) + before/after report", run)
     p.add_argument("config", help="YAML config (keys: see curvax.finetune.pft.FinetuneConfig)")
-    p.add_argument("--workdir", default=None, help="override the config's workdir")
-    p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+    add_training_options(p)
     p.add_argument("--no-eval", action="store_true", help="train only, skip the report")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop (after a checkpoint) once this much wall time is used; rerun to resume")
-    p.add_argument("--restart", action="store_true",
-                   help="discard the workdir's checkpoint and metrics and start afresh")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:

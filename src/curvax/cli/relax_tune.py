@@ -8,7 +8,7 @@ before/after, forgetting check) and the fine-tuned EMA model in `workdir`.
 """
 from __future__ import annotations
 
-from curvax.cli.common import add_command
+from curvax.cli.common import add_command, add_training_options
 from curvax.config import load_config
 from curvax.finetune import relax_tune
 from curvax.relax.adjoints import GRAD_MODES
@@ -18,15 +18,9 @@ def add_parser(subparsers):
     p = add_command(subparsers, "relax-tune", __doc__, "fine-tune a potential on DFT relaxations (BPTT/implicit)",
                     run)
     p.add_argument("config", help="YAML config (keys: curvax.finetune.relax_tune.RelaxTuneConfig)")
-    p.add_argument("--workdir", default=None, help="override the config's workdir")
-    p.add_argument("--steps", type=int, default=None, help="override the config's number of steps")
+    add_training_options(p)
     p.add_argument("--grad-mode", default=None, choices=GRAD_MODES,
                    help="override the config's grad_mode (e.g. to compare the gradients on one config)")
-    p.add_argument("--max-seconds", type=float, default=None,
-                   help="stop (after a checkpoint) when this much time has passed; rerun to resume")
-    p.add_argument("--restart", action="store_true",
-                   help="discard the workdir's checkpoint and metrics and start afresh")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
