@@ -27,7 +27,7 @@ from curvax.finetune.losses import EFSWeights, batch_efs_loss
 from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import dataset_name, load_phonopy_dataset
-from curvax.phonons.fc2 import force_constants, supercell_shape
+from curvax.phonons.fc2 import displacement_probes, force_constants, supercell_shape
 from curvax.phonons.properties import COMPARED, compare, phonon_properties
 from curvax.relax.driver import relax_systems, relax_unit_cells
 from curvax.relax.metrics import relaxation_summary, rms_displacement, volume_error
@@ -39,28 +39,84 @@ PROPERTY_UNITS = {"max_frequency": "THz", "entropy": "J/K/mol", "free_energy": "
                   "heat_capacity": "J/K/mol"}
 
 
-def _model_phonopy(dft, atoms, potential, shape=None):
+def _model_phonopy(dft, atoms, potential, bucket=None):
     """A phonopy object for `atoms` on the DFT supercell/primitive matrices with model FC2
-    (shape-bucketed HVPs, padded to `shape` (atoms, edges) where given: materials of similar
-    size and all models of one architecture share compiled programs)."""
+    (shape-bucketed HVPs; `bucket` = ((atoms, edges), chunk) from `supercell_buckets`: materials
+    on one rung and all models of one architecture share compiled programs)."""
     from phonopy import Phonopy
 
     ph = Phonopy(atoms_to_phonopy(atoms), supercell_matrix=dft.supercell_matrix,
                  primitive_matrix=dft.primitive_matrix, symprec=dft.symmetry.tolerance, log_level=0)
     if dft.nac_params is not None:
         ph.nac_params = dft.nac_params
-    force_constants(ph, potential, bucket=shape or True, chunk=4)
+    shape, chunk = bucket if bucket is not None else (True, 4)
+    force_constants(ph, potential, bucket=shape, chunk=chunk)
     return ph
 
 
-def supercell_buckets(phonons, cutoff: float) -> list:
-    """A padded (atoms, edges) shape per phonopy object: `common_shape` of its own supercell
-    (atoms to a multiple of 32; edges × 1.1, room for a relaxed cell, up the ×1.5 ladder), so
-    materials on one rung and all models share a compiled HVP program and no supercell pads
-    its edges by more than 1.65× (padding each atom-count group to its largest member padded
-    the 2 048-edge NaCl supercell to 6 464 edges: 3× the work, 1.56 s instead of 0.48 s per
-    column on the 2-core CPU)."""
-    return [common_shape([supercell_shape(p, cutoff)]) for p in phonons]
+# Cost model of the evaluation's HVP calls, measured on the 2-core CPU with Nequix MP (float32,
+# 2026-12-06): a call of c probes on a supercell padded to N atoms and E edges takes
+# ≈ β (α + c)(E + 8N) with α ≈ 0.65, β ≈ 2.0e-4 s (c = 1, 2, 4 at 64 atoms / 5 952 edges: 2.15,
+# 3.46, 6.08 s; one probe-call of 4 at 64 / 2 624: 2.9 s), and each new padded shape costs one
+# compilation of ≈ 14 s (tracing + XLA) = 69 000 units of β.
+_CALL_OVERHEAD = 0.65       # α: a call's fixed cost, in probes
+_ATOM_WEIGHT = 8.0          # an atom costs as much as 8 edges
+_COMPILE_COST = 69_000.0    # one compilation, in units of β (edge-equivalent probes)
+
+
+def _rung_cost(shape, members, max_chunk):
+    """(least execution cost, its chunk width) of a rung: Σ uses·⌈K/c⌉·(α + c)·(E + 8N) over
+    its members (K probes, `uses` evaluations each), minimised over c ≤ `max_chunk`."""
+    width = shape[1] + _ATOM_WEIGHT * shape[0]
+    costs = [(sum(u * -(-k // c) for k, u in members) * (_CALL_OVERHEAD + c) * width, c)
+             for c in range(1, max_chunk + 1)]
+    return min(costs)
+
+
+def supercell_buckets(phonons, cutoff: float, uses=None, max_chunk: int = 4) -> list:
+    """A padded (atoms, edges) shape and an HVP chunk width per phonopy object, so that the
+    HVPs of all materials and models compile few programs and waste little padding.
+
+    Each supercell starts on its own rung of the shape ladder (`common_shape`: atoms to a
+    multiple of 32, edges × 1.1 (room for a relaxed cell) up the ×1.5 ladder, so no supercell
+    pads its edges by more than 1.65×; padding a group to its largest member once padded the
+    2 048-edge NaCl supercell to 6 464 edges, 3× the work); then rungs are merged into a larger
+    existing rung while the extra padded work costs less than the compilation saved, and each
+    rung takes the chunk width c ≤ `max_chunk` with the least Σ ⌈K/c⌉·(α + c) for its members'
+    K probes (phonopy's displacements; cost model above). uses: evaluations per material
+    (models × protocols; default 2). Returns [((atoms, edges), chunk)], one per phonopy object."""
+    uses = [2] * len(phonons) if uses is None else list(uses)
+    own = [common_shape([supercell_shape(p, cutoff)]) for p in phonons]
+    probes = [len(displacement_probes(p)[1]) for p in phonons]
+    return _merge_rungs(own, probes, uses, max_chunk)
+
+
+def _merge_rungs(own, probes, uses, max_chunk: int = 4) -> list:
+    """`supercell_buckets` on plain numbers: own (atoms, edges) rungs, probes and uses per
+    material -> [((atoms, edges), chunk)] (greedy: the most profitable merge first)."""
+    n = len(own)
+    assign = list(own)
+
+    def members(rung):
+        return [(probes[k], uses[k]) for k in range(n) if assign[k] == rung]
+
+    while True:
+        rungs = sorted(set(assign))
+        best = None
+        for r in rungs:
+            here = _rung_cost(r, members(r), max_chunk)[0]
+            for t in rungs:
+                if t != r and t[0] >= r[0] and t[1] >= r[1]:
+                    merged = _rung_cost(t, members(t) + members(r), max_chunk)[0]
+                    gain = here + _rung_cost(t, members(t), max_chunk)[0] + _COMPILE_COST - merged
+                    if gain > 0 and (best is None or gain > best[0]):
+                        best = (gain, r, t)
+        if best is None:
+            break
+        _, r, t = best
+        assign = [t if a == r else a for a in assign]
+    chunks = {r: _rung_cost(r, members(r), max_chunk)[1] for r in set(assign)}
+    return [(a, chunks[a]) for a in assign]
 
 
 def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10, 10),
@@ -80,8 +136,10 @@ def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10
         materials.append((dataset_name(path), dft, phonon_properties(dft, temperature, mesh),
                           phonopy_to_atoms(dft.unitcell)))
     cutoff = next(iter(models.values())).cutoff
-    shapes = supercell_buckets([m[1] for m in materials], cutoff)
     relaxable = [k for k, m in enumerate(materials) if relax_max_atoms is None or len(m[3]) <= relax_max_atoms]
+    uses = [len(models) * (("unrelaxed" in protocols) + ("relaxed" in protocols and k in relaxable))
+            for k in range(len(materials))]
+    buckets = supercell_buckets([m[1] for m in materials], cutoff, uses)
     starts = {}
     if "relaxed" in protocols:
         for label, pot in models.items():
@@ -102,7 +160,7 @@ def phonon_rows(models: dict, datasets, temperature: float = 300.0, mesh=(10, 10
                 try:
                     if isinstance(atoms, Exception):
                         raise atoms
-                    props = phonon_properties(_model_phonopy(dft, atoms, pot, shapes[k]), temperature, mesh)
+                    props = phonon_properties(_model_phonopy(dft, atoms, pot, buckets[k]), temperature, mesh)
                     row.update(compare(props, ref))
                 except ValueError as e:
                     row["error"] = str(e)

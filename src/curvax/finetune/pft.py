@@ -420,7 +420,7 @@ class PhononValidation:
         self.temperature, self.mesh, self.geometry, self.fraction = temperature, tuple(mesh), geometry, fraction
         self.dft = [load_phonopy_dataset(p) for p in paths]
         self.ref = [phonon_properties(d, temperature, self.mesh) for d in self.dft]
-        self.shapes = pft_eval.supercell_buckets(self.dft, base.cutoff) if paths else []
+        self.buckets = pft_eval.supercell_buckets(self.dft, base.cutoff) if paths else []
         self.base_mae = self.mae(base) if paths else None
 
     def mae(self, potential) -> dict:
@@ -429,8 +429,8 @@ class PhononValidation:
         if self.geometry == "model_volume":  # pressure is intensive: solve on the primitive cells
             scales = relax_volume(potential, [phonopy_to_atoms(d.primitive) for d in self.dft])[1] ** self.fraction
         cells = [scaled_cell(phonopy_to_atoms(d.unitcell), s) for d, s in zip(self.dft, scales)]
-        for dft, ref, shape, cell in zip(self.dft, self.ref, self.shapes, cells):
-            props = phonon_properties(pft_eval._model_phonopy(dft, cell, potential, shape), self.temperature, self.mesh)
+        for dft, ref, bucket, cell in zip(self.dft, self.ref, self.buckets, cells):
+            props = phonon_properties(pft_eval._model_phonopy(dft, cell, potential, bucket), self.temperature, self.mesh)
             diff = compare(props, ref)
             for k in COMPARED:
                 errs[k].append(diff[k]["abs_error"])
