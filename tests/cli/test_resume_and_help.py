@@ -46,7 +46,9 @@ def test_changed_config_is_refused_then_restarted(pairs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "different settings" in err and "rattle: 0.05 → 0.1" in err and "ema_decay: 0.9 → 0.5" in err
     assert "--restart" in err and len(_rows(w)) == 1  # nothing was touched
-    assert main(["relax-tune", cfg, "--steps", "0", "--no-progress"]) == 2  # validated: steps ≥ 1
+    with pytest.raises(SystemExit) as stop:   # validated by the parser: steps ≥ 1
+        main(["relax-tune", cfg, "--steps", "0", "--no-progress"])
+    assert stop.value.code == 2 and "--steps: '0' must be positive" in capsys.readouterr().err
     assert main(["relax-tune", changed, "--restart", "--no-progress"]) == 0
     rows = _rows(w)
     assert [int(r["step"]) for r in rows] == [1, 2, 3]

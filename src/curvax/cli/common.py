@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curvax.validation import check_atoms, positive_float, positive_int
+from curvax.validation import check_atoms, nonnegative_float, positive_int
 
 MODEL_HELP = ("model spec: a Nequix .nqx path or registered name (nequix-mp-1), "
               "lj:sigma=..,epsilon=..,cutoff=.. (Lennard-Jones with a smooth cutoff) or "
@@ -29,8 +29,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     """The options of the resumable training commands (`finetune`, `relax-tune`)."""
     p.add_argument("--workdir", default=None, help="override the config's workdir")
     p.add_argument("--steps", type=positive_int, default=None, help="override the config's number of steps")
-    p.add_argument("--max-seconds", type=positive_float, default=None,
-                   help="stop (after a checkpoint) once this much wall time is used; rerun to resume")
+    p.add_argument("--max-seconds", type=nonnegative_float, default=None,
+                   help="stop (after a checkpoint) once this much wall time is used (0: after the first "
+                        "step); rerun to resume")
     p.add_argument("--restart", action="store_true",
                    help="discard the workdir's checkpoint and metrics and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
