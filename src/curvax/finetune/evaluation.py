@@ -39,7 +39,7 @@ PROPERTY_UNITS = {"max_frequency": "THz", "entropy": "J/K/mol", "free_energy": "
                   "heat_capacity": "J/K/mol"}
 
 
-def _model_phonopy(dft, atoms, potential, bucket=None):
+def _model_phonopy(dft, atoms, potential, bucket):
     """A phonopy object for `atoms` on the DFT supercell/primitive matrices with model FC2
     (shape-bucketed HVPs; `bucket` = ((atoms, edges), chunk) from `supercell_buckets`: materials
     on one rung and all models of one architecture share compiled programs)."""
@@ -49,7 +49,7 @@ def _model_phonopy(dft, atoms, potential, bucket=None):
                  primitive_matrix=dft.primitive_matrix, symprec=dft.symmetry.tolerance, log_level=0)
     if dft.nac_params is not None:
         ph.nac_params = dft.nac_params
-    shape, chunk = bucket if bucket is not None else (True, 4)
+    shape, chunk = bucket
     force_constants(ph, potential, bucket=shape, chunk=chunk)
     return ph
 
