@@ -108,6 +108,18 @@ def take(batch: Batch, idx) -> Batch:
     return sub._replace(system=sub.system._replace(pbc=pbc))
 
 
+def map_in_chunks(fn, batch: Batch, size: int):
+    """`fn(sub-batch)` over all structures of `batch`, `size` per call, outputs (a pytree with a
+    leading structure axis) concatenated on the host. Every call has one shape, so one compiled
+    program: the last call is filled up with repeats of the first structures, and a batch smaller
+    than `size` is not padded up to it. Evaluating the whole batch at once needs memory ∝ its
+    size (264 Nequix cells of ≤ 8 atoms asked for 28 GB)."""
+    n = int(batch.node_mask.shape[0])
+    size = min(size, n)
+    parts = [jax.tree.map(np.asarray, fn(take(batch, np.arange(c, c + size) % n))) for c in range(0, n, size)]
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)
+
+
 def pad_all(items: list, n_atoms: int | None = None, n_edges: int | None = None) -> list[Structure]:
     """Pad (system, graph, labels) tuples to a common shape (default: the largest)."""
     n_atoms = n_atoms or max(s.positions.shape[0] for s, _, _ in items)

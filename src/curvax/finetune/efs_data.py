@@ -16,7 +16,7 @@ import numpy as np
 import equinox as eqx
 import jax.numpy as jnp
 
-from curvax.batch import Batch, graph_of, take
+from curvax.batch import Batch, graph_of, map_in_chunks
 from curvax.derivatives import energy_forces_stress, to_voigt
 from curvax.system import from_atoms
 
@@ -56,17 +56,8 @@ def _efs(potential, batch: Batch):
 
 def pseudo_label(potential, batch: Batch, chunk: int = 16) -> Batch:
     """Replace the labels of a padded batch by the (frozen) potential's own E, F, σ, `chunk`
-    structures per compiled call (the last one padded with repeats of the first, so every call
-    shares one program; the whole batch at once needs memory ∝ its size: 264 Nequix cells of
-    ≤ 8 atoms asked for 28 GB)."""
-    n = int(batch.energy.shape[0])
-    chunk = min(chunk, n)  # a small batch is not padded up to `chunk`
-    out = []
-    for c in range(0, n, chunk):
-        idx = np.arange(c, c + chunk)
-        idx[idx >= n] = 0
-        out.append([np.asarray(x)[: min(chunk, n - c)] for x in _efs(potential, take(batch, idx))])
-    e, f, s = (np.concatenate(parts) for parts in zip(*out))
+    structures per compiled call (`batch.map_in_chunks`)."""
+    e, f, s = map_in_chunks(lambda b: _efs(potential, b), batch, chunk)
     return batch._replace(energy=e, forces=f, stress=s)
 
 

@@ -293,12 +293,8 @@ def _energies_forces(potential, batch: Batch):
 
 
 def _forces_in_batches(potential, batch: Batch, size: int):
-    """Forces (B, N, 3) [eV/Å] on every structure of `batch`, `size` structures per call (one
-    compiled shape: the last call is filled up with the first structures)."""
-    n = int(batch.n_atoms.shape[0])
-    out = [np.asarray(_energies_forces(potential, batching.take(batch, np.arange(c, c + size) % n))[1])
-           for c in range(0, n, size)]
-    return jnp.asarray(np.concatenate(out)[:n])
+    """Forces (B, N, 3) [eV/Å] on every structure of `batch`, `size` structures per call."""
+    return jnp.asarray(batching.map_in_chunks(lambda b: _energies_forces(potential, b)[1], batch, size))
 
 
 def _force_msd(forces, reference, node_mask):
