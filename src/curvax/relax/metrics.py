@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_masses
 
-_MASSES = jnp.asarray(np.asarray(atomic_masses, dtype=np.float64))
+_MASSES = np.asarray(atomic_masses, dtype=np.float64)  # numpy: a JAX array here would start the backend at import
 
 
 class LossWeights(NamedTuple):
@@ -41,7 +41,7 @@ class LossWeights(NamedTuple):
 
 def masses(numbers, dtype=None):
     """Atomic masses [amu] of `numbers`."""
-    m = _MASSES[numbers]
+    m = jnp.asarray(_MASSES)[numbers]
     return m.astype(dtype) if dtype is not None else m
 
 
