@@ -6,9 +6,6 @@ from pathlib import Path
 import jax
 import pytest
 
-from curvax import allocator
-
-allocator.keep_freed_memory()  # as the command line does: freed XLA buffers reused, not re-faulted
 jax.config.update("jax_enable_x64", True)
 os.environ["CURVAX_JAX_CACHE"] = "off"  # the CLI's persistent compilation cache: only where a test asks
 

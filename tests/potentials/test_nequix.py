@@ -181,3 +181,23 @@ def test_reading_the_file_equals_the_nequix_loader(nequix32):
     for a, b in zip(got[0], want[0]):
         assert a.dtype == b.dtype == jnp.float32
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_scipy_signal_loads_only_when_used():
+    """e3nn-jax's start-up import of scipy.signal is deferred (`_defer_unused_imports`) and
+    still works when something uses it."""
+    import subprocess
+    import sys
+
+    program = ("import sys\n"
+               "from curvax.potentials.nequix import _defer_unused_imports\n"
+               "_defer_unused_imports()\n"
+               "import nequix.model, e3nn_jax, scipy\n"
+               "print(type(sys.modules['scipy.signal']).__name__)\n"
+               "import numpy as np\n"
+               "print(scipy.signal.find_peaks(np.array([0., 2., 0., 3., 0.]))[0].tolist())\n"
+               "print(type(sys.modules['scipy.signal']).__name__, sys.modules['scipy.signal'].find_peaks.__module__)\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "_LoadedOnFirstUse"
+    assert out[1] == "[1, 3]"
+    assert out[2] == "module scipy.signal._peak_finding"

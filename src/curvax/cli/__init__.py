@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from curvax import allocator, compilation, parallel, precision
+from curvax import compilation, parallel, precision
 from curvax.cli import finetune, gk, kappa, phonons, relax, relax_tune, screen
 
 COMMANDS = (relax, relax_tune, phonons, screen, kappa, gk, finetune)
 
 
 def main(argv=None) -> int:
-    allocator.keep_freed_memory()  # before XLA's threads start: freed buffers reused, not re-faulted
     parser = argparse.ArgumentParser(
         prog="curvax", description="Exact derivatives of machine-learned interatomic potentials: phonons, "
                                    "thermal conductivity, relaxations, and fine-tuning on them.")

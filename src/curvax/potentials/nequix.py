@@ -10,7 +10,10 @@ on a budget (2025), https://github.com/atomicarchitects/nequix .
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+import types
 from pathlib import Path
 
 import equinox as eqx
@@ -61,15 +64,39 @@ class NequixPotential(Potential):
 
     def save(self, path) -> Path:
         """Write a `.nqx` file that `curvax.load_potential` and `nequix.model.load_model` both read (atomic)."""
+        _defer_unused_imports()
         from nequix.model import save_model
 
         model = cast_floats(self.model, jnp.float32)
         return atomic_write(path, lambda tmp: save_model(tmp, model, dict(self.config)))
 
 
+class _LoadedOnFirstUse(types.ModuleType):
+    """Stands in `sys.modules` for a module until one of its attributes is first read, then
+    imports the real module and hands the attribute over (later reads go to the real module)."""
+
+    def __getattr__(self, attribute):  # called only for attributes a plain module lacks
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, attribute)
+
+
+def _defer_unused_imports():
+    """e3nn-jax imports scipy.signal at start-up for a peak finder (`e3nn_jax.s2grid`) that
+    Nequix never calls: it is put off until first used (≈ 0.3 s of every command's start on a
+    2-core CPU). Call before importing `nequix` or `e3nn_jax`; a no-op once it is loaded."""
+    for name in ("scipy.signal",):
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            sys.modules[name] = _LoadedOnFirstUse(name)
+
+
 def _checkpointed_node_energies(model, r_ij, species, senders, receivers):
     """`Nequix.node_energies` (nequix 0.4.5, same operations in the same order) with each
     interaction layer under `eqx.filter_checkpoint`."""
+    _defer_unused_imports()
     import e3nn_jax as e3nn
     from nequix.model import bessel_basis, polynomial_cutoff
 
@@ -144,6 +171,7 @@ def _template(config: dict):
     """The Nequix module of `config` with shapes in place of weights, to read a file's weights
     into: `nequix.model.load_model` builds it by a random initialisation, 5–7 s of small eager
     computations on CPU; `eqx.filter_eval_shape` only traces it (≈ 1 s; same tree, tested)."""
+    _defer_unused_imports()
     from nequix.model import Nequix
 
     keys = ("hidden_irreps", "lmax", "cutoff", "n_layers", "radial_basis_size", "radial_mlp_size",
