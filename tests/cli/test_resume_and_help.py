@@ -98,6 +98,17 @@ def test_help_is_whole_and_shows_defaults(command, capsys):
         assert len(line.split(None, 1)) > 1, line
 
 
+def test_importing_the_command_line_starts_no_backend():
+    """Importing curvax and its commands starts no XLA backend (no threads, no compilation):
+    a module-level JAX array once did, for every command including --help."""
+    import subprocess
+    import sys
+
+    program = "import curvax.cli, jax._src.xla_bridge as xb; print(xb.backends_are_initialized())"
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_phonons_and_kappa_show_progress(tmp_path, capsys):
     from ase.io import write
 
