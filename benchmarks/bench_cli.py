@@ -49,8 +49,10 @@ def run_twice(arguments, folder: Path):
     for i in range(2):
         out = folder / f"out{i}"
         t0 = time.perf_counter()
-        subprocess.run([*CURVAX, "phonons", *arguments, "--model", str(MODEL), "--no-plot", "--no-progress",
-                        "--out", str(out)], env=env, check=True, capture_output=True)
+        run = subprocess.run([*CURVAX, "phonons", *arguments, "--model", str(MODEL), "--no-plot", "--no-progress",
+                              "--out", str(out)], env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise SystemExit(f"curvax phonons {' '.join(arguments)} failed:\n{run.stderr[-2000:]}")
         walls.append(time.perf_counter() - t0)
         outputs.append((out / "properties.json").read_bytes())
     return walls, outputs[0] == outputs[1]
@@ -61,6 +63,8 @@ def main():
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    if not MODEL.is_file():
+        parser.error(f"{MODEL}: model file missing (the benchmark reads ../shared)")
     print(f"{'case':6} {'first [s]':>10} {'second [s]':>11} {'ratio':>6}  identical")
     for name in args.cases:
         firsts, seconds, same = [], [], True

@@ -184,14 +184,14 @@ def test_reading_the_file_equals_the_nequix_loader(nequix32):
 
 
 def test_scipy_signal_loads_only_when_used():
-    """e3nn-jax's start-up import of scipy.signal is deferred (`_defer_unused_imports`) and
-    still works when something uses it."""
+    """e3nn-jax's start-up import of scipy.signal is deferred (`_nequix_model`) and still
+    works when something uses it."""
     import subprocess
     import sys
 
     program = ("import sys\n"
-               "from curvax.potentials.nequix import _defer_unused_imports\n"
-               "_defer_unused_imports()\n"
+               "from curvax.potentials.nequix import _nequix_model\n"
+               "_nequix_model()\n"
                "import nequix.model, e3nn_jax, scipy\n"
                "print(type(sys.modules['scipy.signal']).__name__)\n"
                "import numpy as np\n"

@@ -64,9 +64,7 @@ class NequixPotential(Potential):
 
     def save(self, path) -> Path:
         """Write a `.nqx` file that `curvax.load_potential` and `nequix.model.load_model` both read (atomic)."""
-        _defer_unused_imports()
-        from nequix.model import save_model
-
+        save_model = _nequix_model().save_model
         model = cast_floats(self.model, jnp.float32)
         return atomic_write(path, lambda tmp: save_model(tmp, model, dict(self.config)))
 
@@ -84,27 +82,29 @@ class _LoadedOnFirstUse(types.ModuleType):
         return getattr(real, attribute)
 
 
-def _defer_unused_imports():
-    """e3nn-jax imports scipy.signal at start-up for a peak finder (`e3nn_jax.s2grid`) that
-    Nequix never calls: it is put off until first used (≈ 0.3 s of every command's start on a
-    2-core CPU). Call before importing `nequix` or `e3nn_jax`; a no-op once it is loaded."""
-    for name in ("scipy.signal",):
-        if name not in sys.modules and importlib.util.find_spec(name) is not None:
-            sys.modules[name] = _LoadedOnFirstUse(name)
+def _nequix_model():
+    """The `nequix.model` module — the one place curvax imports nequix (and with it e3nn-jax).
+    e3nn-jax imports scipy.signal at start-up for a peak finder (`e3nn_jax.s2grid`) that Nequix
+    never calls: it is put off until first used (≈ 0.3 s of every command's start on a 2-core
+    CPU)."""
+    if "scipy.signal" not in sys.modules and importlib.util.find_spec("scipy.signal") is not None:
+        sys.modules["scipy.signal"] = _LoadedOnFirstUse("scipy.signal")
+    import nequix.model
+
+    return nequix.model
 
 
 def _checkpointed_node_energies(model, r_ij, species, senders, receivers):
     """`Nequix.node_energies` (nequix 0.4.5, same operations in the same order) with each
     interaction layer under `eqx.filter_checkpoint`."""
-    _defer_unused_imports()
+    nequix_model = _nequix_model()
     import e3nn_jax as e3nn
-    from nequix.model import bessel_basis, polynomial_cutoff
 
     features = e3nn.IrrepsArray(e3nn.Irreps(f"{model.n_species}x0e"), jax.nn.one_hot(species, model.n_species))
     square_r_norm = jnp.sum(r_ij ** 2, axis=-1)
     r_norm = jnp.where(square_r_norm == 0.0, 0.0, jnp.sqrt(square_r_norm))
-    radial_basis = (bessel_basis(r_norm, model.radial_basis_size, model.cutoff)
-                    * polynomial_cutoff(r_norm, model.cutoff, model.radial_polynomial_p)[:, None])
+    radial_basis = (nequix_model.bessel_basis(r_norm, model.radial_basis_size, model.cutoff)
+                    * nequix_model.polynomial_cutoff(r_norm, model.cutoff, model.radial_polynomial_p)[:, None])
     sh = e3nn.spherical_harmonics(e3nn.s2_irreps(model.lmax), r_ij, normalize=True, normalization="component")
 
     block = eqx.filter_checkpoint(lambda layer, *args: layer(*args))
@@ -171,8 +171,7 @@ def _template(config: dict):
     """The Nequix module of `config` with shapes in place of weights, to read a file's weights
     into: `nequix.model.load_model` builds it by a random initialisation, 5–7 s of small eager
     computations on CPU; `eqx.filter_eval_shape` only traces it (≈ 1 s; same tree, tested)."""
-    _defer_unused_imports()
-    from nequix.model import Nequix
+    Nequix = _nequix_model().Nequix
 
     keys = ("hidden_irreps", "lmax", "cutoff", "n_layers", "radial_basis_size", "radial_mlp_size",
             "radial_mlp_layers", "radial_polynomial_p", "mlp_init_scale", "index_weights", "layer_norm",
