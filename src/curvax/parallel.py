@@ -37,14 +37,20 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def check_devices(devices, where: str = "devices") -> None:
+    """ValueError naming `where` (the config file) unless `devices` is "all" or a positive
+    integer. Needs no device: a config is checked without starting JAX's backend."""
+    if devices != "all" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+        raise ValueError(f"{where}: devices must be 'all' or a positive integer, got {devices!r}")
+
+
 def device_count(devices="all", where: str = "devices") -> int:
     """How many devices `devices` ("all" or a positive integer) selects; ValueError naming
     `where` (the config file) if it is not one or asks for more than there are."""
+    check_devices(devices, where)
     n = jax.device_count()
     if devices == "all":
         return n
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ValueError(f"{where}: devices must be 'all' or a positive integer, got {devices!r}")
     if devices > n:
         raise ValueError(f"{where}: devices: {devices} requested, {n} available ({jax.devices()[0].platform})")
     return devices

@@ -140,3 +140,41 @@ def test_a_folder_without_manifest_is_refused_naming_it(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="manifest.csv: missing"):
         load_dft_relaxed(tmp_path)
+
+
+LOADER_SCRIPT = r'''
+import sys
+import numpy as np
+from curvax.finetune.pft import load_phonon_training_set
+from curvax.phonons.data import dataset_loader, phonondb_entries
+from curvax.potentials import LennardJones
+
+paths = [e.path for e in phonondb_entries(sys.argv[1]) if e.n_unitcell <= 8][:12] + [sys.argv[2]]
+with dataset_loader(2) as loader:  # before any JAX computation: two forked reader processes
+    assert loader is not None
+    lj = LennardJones(sigma=2.2, epsilon=0.1, cutoff=5.5, smooth=True)
+    names, buckets = load_phonon_training_set(paths, lj.cutoff, 8, lj, cell="unitcell", n_buckets=2, loader=loader)
+ref_names, ref = load_phonon_training_set(paths, lj.cutoff, 8, lj, cell="unitcell", n_buckets=2)
+assert names == ref_names and len(names) == 13, (names, ref_names)
+for b, r in zip(buckets, ref, strict=True):
+    np.testing.assert_array_equal(b.index, r.index)
+    np.testing.assert_array_equal(b.fc, r.fc)
+    np.testing.assert_array_equal(np.asarray(b.structures.system.positions), np.asarray(r.structures.system.positions))
+with dataset_loader(2) as late:  # JAX's backend runs now: forking is unsafe, read in this process
+    assert late is None
+print("OK", len(names))
+'''
+
+
+def test_reader_processes_load_the_same_training_set():
+    """`dataset_loader` + `load_phonon_training_set(loader=)`: phonondb archives read in two
+    forked processes give the same structures, order and force constants as one process; once
+    JAX's backend has started the loader declines (None). In a subprocess: pytest's own
+    process has started JAX."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", LOADER_SCRIPT, str(PHONONDB), str(SHARED / "data" / "phonons" / "Cr")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().startswith("OK"), out.stdout

@@ -43,6 +43,7 @@ model.nqx (EMA weights; loads with `curvax.load_potential` and `nequix.model.loa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -63,7 +64,8 @@ from curvax.finetune import evaluation as pft_eval
 from curvax.finetune.losses import EFSWeights, batch_efs_loss, batch_phonon_loss
 from curvax.io import atomic_write
 from curvax.phonons.convert import phonopy_to_atoms
-from curvax.phonons.data import dataset_name, list_datasets, load_phonopy_dataset, phonondb_entries
+from curvax.phonons.data import (dataset_loader, dataset_name, list_datasets, load_phonopy_dataset, map_datasets,
+                                 phonondb_entries)
 from curvax.phonons.fc2 import unitcell_force_constants
 from curvax.phonons.properties import COMPARED, compare, phonon_properties
 from curvax.potentials import check_species, load_potential, save_potential
@@ -160,7 +162,7 @@ class FinetuneConfig:
             w = list(getattr(self, key))
             if len(w) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in w):
                 raise ValueError(f"{where}: {key} must be three weights ≥ 0 (energy, forces, stress), got {w!r}")
-        parallel.device_count(self.devices, where)
+        parallel.check_devices(self.devices, where)  # the count is checked by `run` (no backend started here)
         one_of(where, "hessian_sampling", self.hessian_sampling, ("unit", "random"))
         one_of(where, "loss", self.loss, ("mae", "mse"))
         for protocol in self.eval_protocols:
@@ -242,9 +244,21 @@ class PhononBucket(NamedTuple):
     fc: np.ndarray     # (n, N_pad, N_pad, 3, 3) DFT force constants [eV/Å²], zero on padded atoms
 
 
+def _read_training_set(path, cell: str, max_atoms: int):
+    """(structure, primitive cell, supercell numbers, force constants) of one DFT set — its
+    `cell` as `ase.Atoms` with that cell's force constants (eV/Å²) — or None when the cell has
+    more than `max_atoms` atoms. Module-level: it runs in `dataset_loader`'s processes."""
+    ph = load_phonopy_dataset(path)
+    atoms = phonopy_to_atoms(ph.supercell if cell == "supercell" else ph.unitcell)
+    if len(atoms) > max_atoms:
+        return None
+    fc = np.asarray(ph.force_constants) if cell == "supercell" else unitcell_force_constants(ph)
+    return atoms, phonopy_to_atoms(ph.primitive), np.asarray(ph.supercell.numbers), fc
+
+
 def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=None, geometry: str = "dft",
                              fraction: float = 1.0, cell: str = "supercell", n_buckets: int = 1,
-                             min_bucket: int = 1) -> tuple[list, list[PhononBucket]]:
+                             min_bucket: int = 1, loader=None) -> tuple[list, list[PhononBucket]]:
     """DFT structures + full force constants, padded to `n_buckets` shapes. Returns
     (names, [PhononBucket]): buckets of ≥ `min_bucket` structures by edge count
     (`batch.size_buckets`), each padded to its largest structure.
@@ -255,34 +269,33 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
     cell; a step on an 8-atom cell costs a fraction of one on its 64-atom supercell).
     geometry "dft": as given; "model_volume": each scaled isotropically by s**fraction, s the
     length scale of `potential`'s zero pressure (`relax.relax_volume` on the primitive cell;
-    fractional coordinates and the force constants unchanged)."""
+    fractional coordinates and the force constants unchanged).
+    loader: `phonons.data.dataset_loader()`, to read the data sets in several processes."""
     if geometry not in PHONON_GEOMETRIES:
         raise ValueError(f"phonon_geometry must be one of {PHONON_GEOMETRIES}, got {geometry!r}")
     if cell not in PHONON_CELLS:
         raise ValueError(f"phonon_cell must be one of {PHONON_CELLS}, got {cell!r}")
-    structure = (lambda ph: ph.supercell) if cell == "supercell" else (lambda ph: ph.unitcell)
-    phonons, names = [], []
-    for p in expand_datasets(paths):
-        ph = load_phonopy_dataset(p)
-        if len(structure(ph)) <= max_atoms:
-            if potential is not None:
-                check_species(potential, ph.supercell.numbers, where=str(p))
-            phonons.append(ph)
-            names.append(dataset_name(p))
-    scales = np.ones(len(phonons))
-    if geometry == "model_volume" and phonons:
+    paths = expand_datasets(paths)
+    read = map_datasets(functools.partial(_read_training_set, cell=cell, max_atoms=max_atoms), paths, loader)
+    kept = [(p, r) for p, r in zip(paths, read) if r is not None]
+    names = [dataset_name(p) for p, _ in kept]
+    if potential is not None:
+        for p, (_, _, numbers, _) in kept:
+            check_species(potential, numbers, where=str(p))
+    scales = np.ones(len(kept))
+    if geometry == "model_volume" and kept:
         t = time.time()
-        _, zero_p, p_res = relax_volume(potential, [phonopy_to_atoms(ph.primitive) for ph in phonons])
+        _, zero_p, p_res = relax_volume(potential, [r[1] for _, r in kept])
         scales = zero_p ** fraction
-        print(f"model_volume: {len(phonons)} cells scaled by (zero-model-pressure scale)^{fraction:g}: lattice ×{scales.min():.3f}"
+        print(f"model_volume: {len(kept)} cells scaled by (zero-model-pressure scale)^{fraction:g}: lattice ×{scales.min():.3f}"
               f"–{scales.max():.3f} (median {np.median(scales):.4f}), max |p| {p_res.max():.1e} eV/Å³ "
               f"({time.time() - t:.0f} s)", flush=True)
     items, fcs = [], []
-    for ph, name, scale in zip(phonons, names, scales):
-        atoms = scaled_cell(phonopy_to_atoms(structure(ph)), scale)
+    for name, (_, (structure, _, _, fc)), scale in zip(names, kept, scales):
+        atoms = scaled_cell(structure, scale)
         s = from_atoms(atoms)
         items.append((s, graph_of(s, cutoff, where=name), dict(forces=np.zeros((len(atoms), 3)))))
-        fcs.append(np.asarray(ph.force_constants) if cell == "supercell" else unitcell_force_constants(ph))
+        fcs.append(fc)
     if not items:
         raise ValueError(f"no phonon training data with ≤ {max_atoms} {cell} atoms in {list(paths)}")
     labels = batching.size_buckets([int(np.sum(g.mask)) for _, g, _ in items], n_buckets, min_bucket)
@@ -448,16 +461,17 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     `restart` starts afresh); writes `workdir/model.nqx` when all steps are done (the
     best-validation EMA weights with `select_best` and validation materials)."""
     record = {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model)}
-    workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
-    base = load_potential(cfg.model, precision.dtype_for(cfg.x64))
-    split = data_split(cfg, base.elements)
-    atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
-    cutoff = base.cutoff
-    mesh = parallel.data_mesh(cfg.devices)
-    n_dev = 1 if mesh is None else mesh.devices.size
-    names, phonon = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base, cfg.phonon_geometry,
-                                             cfg.model_volume_fraction, cfg.phonon_cell, cfg.phonon_shape_buckets,
-                                             cfg.phonon_batch_size * n_dev)
+    with dataset_loader() as loader:  # reader processes, forked before JAX starts its threads
+        workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
+        mesh = parallel.data_mesh(cfg.devices)
+        n_dev = 1 if mesh is None else mesh.devices.size
+        base = load_potential(cfg.model, precision.dtype_for(cfg.x64))
+        split = data_split(cfg, base.elements)
+        atomic_write(workdir / "split.json", json.dumps({k: [str(p) for p in v] for k, v in split.items()}, indent=1))
+        cutoff = base.cutoff
+        names, phonon = load_phonon_training_set(split["train"], cutoff, cfg.max_phonon_atoms, base,
+                                                 cfg.phonon_geometry, cfg.model_volume_fraction, cfg.phonon_cell,
+                                                 cfg.phonon_shape_buckets, cfg.phonon_batch_size * n_dev, loader)
     shapes = ", ".join(f"{len(b.index)} × {b.structures.system.positions.shape[1]} atoms / "
                        f"{b.structures.graph.mask.shape[1]} edges" for b in phonon)
     print(f"phonon training set: {len(names)} {cfg.phonon_cell}s, padded to {shapes}; {len(split['validation'])} "

@@ -26,11 +26,16 @@ constants) — never a silent wrong number.
 Stable API (used by phonon fine-tuning and evaluation):
     load_phonopy_dataset(path) -> phonopy.Phonopy
     list_datasets(root) -> list[Path]
+    with dataset_loader() as loader: map_datasets(fn, paths, loader)   # many sets, side by side
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import re
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -41,7 +46,7 @@ from curvax.system import from_atoms
 from curvax.validation import check_system
 
 __all__ = ["load_phonopy_dataset", "list_datasets", "infer_supercell_matrix", "dataset_name",
-           "phonondb_entries", "PhonondbEntry", "phonondb_unitcell"]
+           "phonondb_entries", "PhonondbEntry", "phonondb_unitcell", "dataset_loader", "map_datasets"]
 
 _PARAMS_RE = re.compile(r"^phonopy_.*\.yaml(\.xz)?$")
 _DISP_NAMES = ("phonopy_disp.yaml", "phonopy_disp.yaml.xz")
@@ -69,6 +74,34 @@ def list_datasets(root) -> list[Path]:
         elif p.is_file() and p.name.endswith(".tar.lzma"):
             found.append(p)
     return found
+
+
+def dataset_loader(workers: int | None = None):
+    """Context manager giving a pool of `workers` processes (default: every CPU this process may
+    use) that read DFT data sets side by side for `map_datasets` — or None (read in this
+    process) where a pool cannot help or is unsafe: one CPU, or JAX's backend already started
+    here (a forked child would inherit the locks of its threads but not the threads). So enter
+    it before the first JAX computation; the workers are forked on entry and exit with it.
+    Reading a phonondb archive is single-threaded Python (phonopy's symmetry search and force
+    constants): the main job's 424 archives take 65 s in one process, 35 s in two (2-core CPU)."""
+    from jax._src import xla_bridge  # no public query for "has the backend started" (JAX 0.10)
+
+    n = workers or len(os.sched_getaffinity(0))
+    if n < 2 or xla_bridge.backends_are_initialized():
+        return contextlib.nullcontext()
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
+    pool.submit(int).result()  # with "fork" the pool starts every worker at its first task: now
+    return pool
+
+
+def map_datasets(fn, paths, loader=None) -> list:
+    """[fn(path) for path in paths], computed by the processes of `loader` (`dataset_loader`)
+    when given: same order, and an error raised by `fn` is raised here as in the loop. `fn` and
+    its results must pickle (a module-level function returning numpy arrays / ase.Atoms)."""
+    paths = list(paths)
+    if loader is None or len(paths) < 2:
+        return [fn(p) for p in paths]
+    return list(loader.map(fn, paths, chunksize=4))
 
 
 def dataset_name(path) -> str:
