@@ -34,6 +34,7 @@ import contextlib
 import multiprocessing
 import os
 import re
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -79,16 +80,16 @@ def list_datasets(root) -> list[Path]:
 def dataset_loader(workers: int | None = None):
     """Context manager giving a pool of `workers` processes (default: every CPU this process may
     use) that read DFT data sets side by side for `map_datasets` — or None (read in this
-    process) where a pool cannot help or is unsafe: one CPU, or JAX's backend already started
-    here (a forked child would inherit the locks of its threads but not the threads). So enter
-    it before the first JAX computation; the workers are forked on entry and exit with it.
+    process) where a pool cannot help or is unsafe: one CPU, not Linux, or JAX's backend already
+    started here (a forked child would inherit the locks of its threads but not the threads). So
+    create it before the first JAX computation; the workers are forked then and exit with it.
     Reading a phonondb archive is single-threaded Python (phonopy's symmetry search and force
     constants): the main job's 424 archives take 65 s in one process, 35 s in two (2-core CPU)."""
     from jax._src import xla_bridge  # no public query for "has the backend started" (JAX 0.10)
 
-    n = workers or len(os.sched_getaffinity(0))
-    if n < 2 or xla_bridge.backends_are_initialized():
-        return contextlib.nullcontext()
+    n = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if n < 2 or not sys.platform.startswith("linux") or xla_bridge.backends_are_initialized():
+        return contextlib.nullcontext()  # (fork elsewhere: unavailable, or unsafe with macOS's libraries)
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
     pool.submit(int).result()  # with "fork" the pool starts every worker at its first task: now
     return pool
