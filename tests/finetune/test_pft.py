@@ -127,10 +127,17 @@ def test_config_errors(tmp_path):
                           ("remat: 'yes'", "bad.yaml: remat must be true or false"),
                           ("phonon_geometry: relaxed", "bad.yaml: phonon_geometry must be one of"),
                           ("phonon_cell: primitive", "bad.yaml: phonon_cell must be one of"),
-                          ("model_volume_fraction: 2", "bad.yaml: model_volume_fraction must be in")):
+                          ("model_volume_fraction: 2", "bad.yaml: model_volume_fraction must be in"),
+                          ("devices: 0", "bad.yaml: devices must be 'all' or a positive integer")):
         bad.write_text(f"model: x.nqx\n{line}\n")
         with pytest.raises(ValueError, match=message):
             load_config(bad, finetune.FinetuneConfig)
+    # more devices than there are: refused by `run` before any data is read (the config check
+    # starts no JAX backend, so the data readers can still be forked after it)
+    bad.write_text(f"model: lj\ndevices: 999\nworkdir: {tmp_path / 'run'}\nphonon_train: [{PHONONS / 'Cr'}]\n")
+    cfg = load_config(bad, finetune.FinetuneConfig)
+    with pytest.raises(ValueError, match="devices: 999 requested"):
+        finetune.run(cfg, progress=False)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml", finetune.FinetuneConfig)
     cfg = finetune.FinetuneConfig(model="x", phonon_train=[str(PHONONS / "Cr")], phonon_test=[str(PHONONS / "Cr")])

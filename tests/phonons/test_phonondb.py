@@ -2,6 +2,7 @@
 reading the unpacked files; the split by formula is disjoint, deterministic and keeps the test
 materials fixed; bad archives fail with the file named."""
 import tarfile
+from pathlib import Path
 from fractions import Fraction
 
 import numpy as np
@@ -149,6 +150,12 @@ from curvax.finetune.pft import load_phonon_training_set
 from curvax.phonons.data import dataset_loader, phonondb_entries
 from curvax.potentials import LennardJones
 
+from jax._src import xla_bridge
+from curvax.config import load_config
+from curvax.finetune.pft import FinetuneConfig
+
+load_config(sys.argv[3], FinetuneConfig)  # checking the main job's config starts no JAX backend
+assert not xla_bridge.backends_are_initialized()
 paths = [e.path for e in phonondb_entries(sys.argv[1]) if e.n_unitcell <= 8][:12] + [sys.argv[2]]
 with dataset_loader(2) as loader:  # before any JAX computation: two forked reader processes
     assert loader is not None
@@ -169,12 +176,14 @@ print("OK", len(names))
 def test_reader_processes_load_the_same_training_set():
     """`dataset_loader` + `load_phonon_training_set(loader=)`: phonondb archives read in two
     forked processes give the same structures, order and force constants as one process; once
-    JAX's backend has started the loader declines (None). In a subprocess: pytest's own
-    process has started JAX."""
+    JAX's backend has started the loader declines (None); loading the main job's config does not
+    start it (else `finetune.pft.run` could never fork its readers). In a subprocess: pytest's
+    own process has started JAX."""
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", LOADER_SCRIPT, str(PHONONDB), str(SHARED / "data" / "phonons" / "Cr")],
-                         capture_output=True, text=True, timeout=600)
+    config = Path(__file__).resolve().parents[2] / "configs" / "pft-nequix-mp.yaml"
+    out = subprocess.run([sys.executable, "-c", LOADER_SCRIPT, str(PHONONDB), str(SHARED / "data" / "phonons" / "Cr"),
+                          str(config)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip().startswith("OK"), out.stdout
