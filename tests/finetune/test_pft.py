@@ -306,3 +306,17 @@ def test_upstream_files_split_into_training_and_held_out_frames(tmp_path):
         assert part.system.positions.shape[1] == int(np.max(np.asarray(part.n_atoms)))
     energies = sorted(np.concatenate([np.asarray(train.energy), np.asarray(held.energy)]))
     np.testing.assert_allclose(energies, sorted(a.get_potential_energy() for a in frames), rtol=1e-12)
+
+
+def test_training_set_rejects_an_unknown_element_before_reading_the_rest(tmp_path):
+    """A data set with an element the model does not know stops the read there, naming it: the
+    set after it (an unreadable one) is never read."""
+
+    class NaClModel:  # all the training-set reader asks of a model here: the elements it knows
+        elements = (11, 17)
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "phonopy_disp.yaml").write_text("not: [a phonopy file\n")
+    paths = [PHONONS / "NaCl", PHONONS / "Cr", tmp_path / "broken"]
+    with pytest.raises(ValueError, match=r"Cr: element\(s\) Cr \(Z=24\) unknown to the model NaClModel"):
+        finetune.load_phonon_training_set(paths, 5.5, 64, NaClModel())

@@ -276,12 +276,14 @@ def load_phonon_training_set(paths, cutoff: float, max_atoms: int, potential=Non
     if cell not in PHONON_CELLS:
         raise ValueError(f"phonon_cell must be one of {PHONON_CELLS}, got {cell!r}")
     paths = expand_datasets(paths)
-    read = map_datasets(functools.partial(_read_training_set, cell=cell, max_atoms=max_atoms), paths, loader)
-    kept = [(p, r) for p, r in zip(paths, read) if r is not None]
+    kept = []  # (path, read data set) of the sets small enough, each checked as it arrives
+    for p, r in zip(paths, map_datasets(functools.partial(_read_training_set, cell=cell, max_atoms=max_atoms),
+                                        paths, loader)):
+        if r is not None:
+            if potential is not None:
+                check_species(potential, r[2], where=str(p))
+            kept.append((p, r))
     names = [dataset_name(p) for p, _ in kept]
-    if potential is not None:
-        for p, (_, _, numbers, _) in kept:
-            check_species(potential, numbers, where=str(p))
     scales = np.ones(len(kept))
     if geometry == "model_volume" and kept:
         t = time.time()

@@ -77,32 +77,40 @@ def list_datasets(root) -> list[Path]:
     return found
 
 
+@contextlib.contextmanager
 def dataset_loader(workers: int | None = None):
     """Context manager giving a pool of `workers` processes (default: every CPU this process may
     use) that read DFT data sets side by side for `map_datasets` — or None (read in this
     process) where a pool cannot help or is unsafe: one CPU, not Linux, or JAX's backend already
     started here (a forked child would inherit the locks of its threads but not the threads). So
-    create it before the first JAX computation; the workers are forked then and exit with it.
+    enter it before the first JAX computation; the workers are forked then, and on leaving (also
+    by an error) reads not yet started are cancelled and the workers exit.
     Reading a phonondb archive is single-threaded Python (phonopy's symmetry search and force
     constants): the main job's 424 archives take 65 s in one process, 35 s in two (2-core CPU)."""
     from jax._src import xla_bridge  # no public query for "has the backend started" (JAX 0.10)
 
     n = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if n < 2 or not sys.platform.startswith("linux") or xla_bridge.backends_are_initialized():
-        return contextlib.nullcontext()  # (fork elsewhere: unavailable, or unsafe with macOS's libraries)
+        yield None  # (fork elsewhere: unavailable, or unsafe with macOS's libraries)
+        return
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"))
-    pool.submit(int).result()  # with "fork" the pool starts every worker at its first task: now
-    return pool
+    try:
+        pool.submit(int).result()  # with "fork" the pool starts every worker at its first task: now
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def map_datasets(fn, paths, loader=None) -> list:
-    """[fn(path) for path in paths], computed by the processes of `loader` (`dataset_loader`)
-    when given: same order, and an error raised by `fn` is raised here as in the loop. `fn` and
-    its results must pickle (a module-level function returning numpy arrays / ase.Atoms)."""
+def map_datasets(fn, paths, loader=None):
+    """fn(path) for each path, in order, as an iterator: each result as soon as it is read, so a
+    caller can reject a bad data set before the rest are read. Computed by the processes of
+    `loader` (`dataset_loader`) when given; an error raised by `fn` is raised here as in a loop.
+    `fn` and its results must pickle (a module-level function returning numpy arrays /
+    ase.Atoms)."""
     paths = list(paths)
     if loader is None or len(paths) < 2:
-        return [fn(p) for p in paths]
-    return list(loader.map(fn, paths, chunksize=4))
+        return map(fn, paths)
+    return loader.map(fn, paths, chunksize=4)
 
 
 def dataset_name(path) -> str:
