@@ -11,7 +11,8 @@ from pathlib import Path
 
 from curvax.cli.common import add_command, add_training_options
 from curvax.config import load_config
-from curvax.finetune import pft
+from curvax.finetune import crossval, pft
+from curvax.validation import positive_int
 
 
 def add_parser(subparsers):
@@ -19,11 +20,24 @@ def add_parser(subparsers):
     p.add_argument("config", help="YAML config (keys: see curvax.finetune.pft.FinetuneConfig)")
     add_training_options(p)
     p.add_argument("--no-eval", action="store_true", help="train only, skip the report")
+    p.add_argument("--cv", type=positive_int, default=None, metavar="K",
+                   help="instead: K-fold leave-materials-out cross-validation of the recipe (workdir/cv/cv.txt; "
+                        "curvax.finetune.crossval); the report of a later run in this workdir includes it")
+    p.add_argument("--cv-materials", type=positive_int, default=8, metavar="N",
+                   help="materials scored per held-out fold (default 8)")
 
 
 def run(args) -> int:
     overrides = {"workdir": args.workdir, "steps": args.steps, "x64": True if args.x64 else None}
     cfg = load_config(args.config, pft.FinetuneConfig, overrides)
+    if args.cv is not None:
+        text = crossval.run(cfg, args.cv, args.cv_materials, progress=not args.no_progress,
+                            max_seconds=args.max_seconds)
+        if text is None:
+            print("stopped early; rerun the same command to resume the cross-validation")
+        else:
+            print(text + f"\ncross-validation: {Path(cfg.workdir) / 'cv' / 'cv.txt'}")
+        return 0
     base, tuned, holdout = pft.run(cfg, progress=not args.no_progress, max_seconds=args.max_seconds,
                                    restart=args.restart)
     workdir = Path(cfg.workdir)

@@ -133,6 +133,8 @@ class FinetuneConfig:
     eval_protocols: tuple = ("unrelaxed", "relaxed")
     eval_relax_max_atoms: int = 16  # relaxed protocol only for unit cells of ≤ this many atoms
     compare_models: list = path_field(default_factory=list)  # extra models for the table
+    cv_fold: list = dataclasses.field(default_factory=list)  # [i, k]: leave fold i (0-based) of k of the training
+    # materials out of training (`material_folds`); set per fold by `curvax finetune --cv k` (`finetune.crossval`)
 
     def validate(self, where="config"):
         opt_keys = {f.name for f in dataclasses.fields(training.OptimizerConfig)} - {"total_steps"}
@@ -162,6 +164,10 @@ class FinetuneConfig:
             w = list(getattr(self, key))
             if len(w) != 3 or not all(isinstance(x, (int, float)) and x >= 0 for x in w):
                 raise ValueError(f"{where}: {key} must be three weights ≥ 0 (energy, forces, stress), got {w!r}")
+        fold = list(self.cv_fold)
+        if fold and not (len(fold) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in fold)
+                         and fold[1] >= 2 and 0 <= fold[0] < fold[1]):
+            raise ValueError(f"{where}: cv_fold must be [i, k] with k ≥ 2 and 0 ≤ i < k, got {self.cv_fold!r}")
         parallel.check_devices(self.devices, where)  # the count is checked by `run` (no backend started here)
         one_of(where, "hessian_sampling", self.hessian_sampling, ("unit", "random"))
         one_of(where, "loss", self.loss, ("mae", "mse"))
@@ -423,7 +429,26 @@ def data_split(cfg: FinetuneConfig, elements=None) -> dict:
                             cfg.phonondb_eval_max_displacements, cfg.phonondb_eval_max_atoms, cfg.phonon_cell)
         for k in split:
             split[k] += db[k]
+    if cfg.cv_fold:
+        i, k = cfg.cv_fold
+        held = material_folds(split["train"], k, cfg.phonondb)[i]
+        split["cv"] = held
+        split["train"] = [p for p in split["train"] if p not in set(held)]
     return split
+
+
+def material_folds(paths, k: int, phonondb=None) -> list[list[Path]]:
+    """The data sets `paths` cut into `k` folds by material: phonondb archives by reduced
+    formula (all polymorphs of a composition in one fold), other sets by name; materials in a
+    fixed hash order (`relax_data._unit_hash`, independent of any training setting) dealt to the
+    folds in turn (fold sizes differ by at most one composition). Order within a fold: that hash
+    order. For leave-materials-out cross-validation (`finetune.crossval`)."""
+    formula = {e.path: _reduced_formula(e.formula) for e in phonondb_entries(phonondb)} if phonondb else {}
+    groups = {}
+    for p in paths:
+        groups.setdefault(formula.get(p, dataset_name(p)), []).append(p)
+    order = sorted(groups, key=lambda m: (relax_data._unit_hash(0, m), m))
+    return [[p for m in order[i::k] for p in groups[m]] for i in range(k)]
 
 
 class PhononValidation:
@@ -463,6 +488,8 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     `restart` starts afresh); writes `workdir/model.nqx` when all steps are done (the
     best-validation EMA weights with `select_best` and validation materials)."""
     record = {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model)}
+    if not cfg.cv_fold:  # a workdir of a run from before cross-validation existed resumes
+        del record["cv_fold"]
     with dataset_loader() as loader:  # reader processes, forked before JAX starts its threads
         workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
         mesh = parallel.data_mesh(cfg.devices)
@@ -476,8 +503,10 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
                                                  cfg.phonon_shape_buckets, cfg.phonon_batch_size * n_dev, loader)
     shapes = ", ".join(f"{len(b.index)} × {b.structures.system.positions.shape[1]} atoms / "
                        f"{b.structures.graph.mask.shape[1]} edges" for b in phonon)
+    held = (f"; {len(split['cv'])} materials held out (cross-validation fold {cfg.cv_fold[0] + 1} of "
+            f"{cfg.cv_fold[1]})" if cfg.cv_fold else "")
     print(f"phonon training set: {len(names)} {cfg.phonon_cell}s, padded to {shapes}; {len(split['validation'])} "
-          f"validation and {len(split['test'])} test materials", flush=True)
+          f"validation and {len(split['test'])} test materials{held}", flush=True)
     upstream, holdout = load_upstream_set(cfg, base, cutoff)
     print(f"upstream set: {upstream.energy.shape[0]} training + {holdout.energy.shape[0]} held-out frames"
           f" ({'files' if cfg.upstream_files else 'pseudo-labels of the base model'})", flush=True)
@@ -534,6 +563,7 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
 
 def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -> str:
     """Before/after report on held-out data (see `pft_eval`); writes workdir/report.{txt,json,png}.
+    A cross-validation of the same recipe in workdir/cv (`finetune.crossval`) is appended.
 
     Rows: the base model, the fine-tuned model and every `compare_models` entry (e.g. the
     authors' own PFT model), on `phonon_test` (both protocols), the held-out upstream frames
@@ -559,6 +589,11 @@ def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -
             report += "\n\n" + pft_eval.format_report(pft_eval.phonon_summary(sub), temperature=cfg.eval_temperature,
                                                      title=title)
     report += "\n\n" + pft_eval.per_material_changes(rows)
+    from curvax.finetune import crossval  # (it builds on this module)
+
+    cv = crossval.stored_report(cfg)  # `curvax finetune CONFIG --cv K` run before in this workdir
+    if cv:
+        report += "\n\n" + cv
     workdir = Path(cfg.workdir)
     atomic_write(workdir / "report.txt", report + "\n")
     blob = {"phonons": rows, "summary": {f"{p}/{m}": d for (p, m), d in summary.items()},
