@@ -40,6 +40,16 @@ def test_cv_fold_must_name_a_fold(tmp_path):
             load_config(cfg, pft.FinetuneConfig, {})
 
 
+def test_cross_validation_refuses_restart(tmp_path, capsys):
+    from curvax.cli import main
+
+    cfg = tmp_path / "pft.yaml"
+    cfg.write_text(f"model: {NEQUIX_MP}\nworkdir: {tmp_path / 'run'}\n")
+    assert main(["finetune", str(cfg), "--cv", "2", "--restart"]) == 2
+    assert "--restart does not apply to --cv" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_cross_validation_cli_end_to_end(tmp_path, capsys):
     """Two folds of two materials: each fold's model is trained on the other material only and
     scored on its own; a second call resumes from the stored rows (no training); the stored

@@ -31,6 +31,9 @@ def run(args) -> int:
     overrides = {"workdir": args.workdir, "steps": args.steps, "x64": True if args.x64 else None}
     cfg = load_config(args.config, pft.FinetuneConfig, overrides)
     if args.cv is not None:
+        if args.restart:
+            raise ValueError(f"--restart does not apply to --cv: delete {Path(cfg.workdir) / 'cv'} to start the "
+                             "cross-validation afresh")
         text = crossval.run(cfg, args.cv, args.cv_materials, progress=not args.no_progress,
                             max_seconds=args.max_seconds)
         if text is None:

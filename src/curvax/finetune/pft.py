@@ -431,9 +431,9 @@ def data_split(cfg: FinetuneConfig, elements=None) -> dict:
             split[k] += db[k]
     if cfg.cv_fold:
         i, k = cfg.cv_fold
-        held = material_folds(split["train"], k, cfg.phonondb)[i]
-        split["cv"] = held
-        split["train"] = [p for p in split["train"] if p not in set(held)]
+        split["cv"] = material_folds(split["train"], k, cfg.phonondb)[i]
+        held = set(split["cv"])
+        split["train"] = [p for p in split["train"] if p not in held]
     return split
 
 
