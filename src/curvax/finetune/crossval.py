@@ -100,8 +100,8 @@ def report(rows: list[dict], k: int, materials_per_fold: int, max_atoms: int, te
             base = summary.get((protocol, "base"))
             if model == "base" or base is None:
                 continue
-            lines.append(f"{fold:<6}{protocol:<11}{d['n']:>3}" + "".join(
-                f"{100 * (d[p] / base[p] - 1) if base[p] else float('nan'):>+15.1f}%" for p in COMPARED))
+            change = pft_eval.percent_change(d, base)
+            lines.append(f"{fold:<6}{protocol:<11}{d['n']:>3}" + "".join(f"{change[p]:>+15.1f}%" for p in COMPARED))
     return "\n".join(lines + ["", pft_eval.per_material_changes(rows)])
 
 

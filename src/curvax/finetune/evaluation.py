@@ -210,6 +210,11 @@ def phonon_summary(rows: list[dict]) -> dict:
     return out
 
 
+def percent_change(mae: dict, base: dict) -> dict:
+    """{property: 100·(MAE / MAE_base − 1)} [%] (nan where the base's MAE is 0)."""
+    return {k: 100 * (mae[k] / base[k] - 1) if base[k] else float("nan") for k in COMPARED}
+
+
 def efs_errors(models: dict, batch) -> dict:
     """{label: {"energy": eV/atom, "forces": eV/Å, "stress": eV/Å³}} MAE against `batch` labels."""
     return {label: {k: float(v) for k, v in _efs_mae(pot, batch, EFSWeights())[1].items()}
@@ -245,8 +250,8 @@ def format_report(summary: dict, efs: dict | None = None, relax: dict | None = N
         lines.append(f"{protocol:<10}{model:<{w}}{d['n']:>3}" + "".join(f"{d[k]:>26.4f}" for k in COMPARED) + failed)
         base = summary.get((protocol, "base"))
         if base is not None and model != "base":
-            lines.append(f"{'':<10}{'  vs base':<{w}}{'':>3}" + "".join(
-                f"{100 * (d[k] / base[k] - 1) if base[k] else float('nan'):>+25.1f}%" for k in COMPARED))
+            change = percent_change(d, base)
+            lines.append(f"{'':<10}{'  vs base':<{w}}{'':>3}" + "".join(f"{change[k]:>+25.1f}%" for k in COMPARED))
     if efs:
         lines += ["", "Forgetting: E/F/S MAE on held-out upstream frames",
                   f"{'model':<{w}}{'E [meV/atom]':>14}{'F [meV/Å]':>12}{'σ [meV/Å³]':>12}"]
