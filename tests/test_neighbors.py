@@ -92,7 +92,8 @@ def test_half_list_holds_each_pair_once(method, n_rep, cutoff, width):
                                    (200, 1539, 0.05)])
 def test_compaction_equals_nonzero(n, w, p):
     """The popcount compaction the list builds use gives jnp.nonzero's indices (rows empty, full,
-    and widths around the 32-bit word size); past the count, indices stay in range."""
+    and widths around the 32-bit word size) and the mask's count; past the count, indices stay
+    in range."""
     from curvax.neighbors import _compact
 
     rng = np.random.default_rng(n * w)
@@ -101,8 +102,10 @@ def test_compaction_equals_nonzero(n, w, p):
     mask[-1] = True
     count = int(mask.sum())
     for size in (count, count + 17):
-        got = np.asarray(jax.jit(_compact, static_argnums=1)(mask, size))
+        got, got_count = jax.jit(_compact, static_argnums=1)(mask, size)
+        got = np.asarray(got)
         ref = np.asarray(jnp.nonzero(mask.ravel(), size=size)[0])
+        assert int(got_count) == count
         np.testing.assert_array_equal(got[:count], ref[:count])
         assert got.min() >= 0 and got.max() < n * w
 

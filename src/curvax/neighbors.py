@@ -51,7 +51,7 @@ from curvax.protocol import InitApply
 from curvax.system import System
 
 PAD_BOND_LENGTH = 1.0e3  # Å; padded edges get a bond this long, far beyond any cutoff
-MINIMAGE_MAX_ATOMS = 1024  # "minimage" (O(N²), one image) below, "cells" above (benchmarks/README.md)
+MINIMAGE_MAX_ATOMS = 4096  # "minimage" (O(N²), one image) below, "cells" above (benchmarks/README.md)
 
 
 class Graph(NamedTuple):
@@ -186,8 +186,8 @@ def _first_pair(i, j, shift):
 def _candidate_mask_brute(xw, cell, spec):
     shifts = jnp.asarray(_image_offsets(spec.images), dtype=xw.dtype)
     offsets = shifts @ cell
-    d = xw[None, :, None, :] - xw[:, None, None, :] + offsets[None, None]  # (i, j, k, 3)
-    r2 = jnp.sum(d * d, axis=-1)
+    # (i, j, k): |x_j − x_i + S_k·cell|², per Cartesian component (fused; the minimum image's note)
+    r2 = sum((xw[None, :, None, a] - xw[:, None, None, a] + offsets[None, None, :, a]) ** 2 for a in range(3))
     n = xw.shape[0]
     self_image = (jnp.eye(n, dtype=bool)[:, :, None]) & jnp.all(shifts == 0, axis=1)[None, None, :]
     within = (r2 < spec.cutoff ** 2) & ~self_image
@@ -197,17 +197,30 @@ def _candidate_mask_brute(xw, cell, spec):
     return within, shifts
 
 
-def _candidate_mask_minimage(xw, cell, spec):
-    """(N, N) pairs within the cutoff at the minimum image, and their (N, N, 3) image shifts."""
-    frac = xw @ jnp.linalg.inv(cell)
-    d = frac[None, :, :] - frac[:, None, :]  # (i, j): s_j − s_i
-    shifts = -jnp.round(d)
-    r = (d + shifts) @ cell
-    n = xw.shape[0]
-    within = (jnp.sum(r * r, axis=-1) < spec.cutoff ** 2) & ~jnp.eye(n, dtype=bool)
-    if spec.half:  # no self-images here: every plane spacing is ≥ 2 cutoffs
-        within &= jnp.arange(n)[:, None] < jnp.arange(n)[None, :]
-    return within, shifts
+def _minimage_fractions(xw, cell):
+    """Fractional coordinates (N, 3) of the wrapped positions, for the minimum-image search."""
+    return xw @ jnp.linalg.inv(cell)
+
+
+def _candidate_mask_minimage(frac, cell, spec):
+    """(N, N) pairs (i, j) within the cutoff at the minimum image S = −round(s_j − s_i).
+
+    Written per Cartesian component on (N, N) arrays, r_c = Σ_a (d_a − round(d_a)) C_ac, so that
+    XLA fuses the whole search into one loop (an (N, N, 3) array and a matrix product made it
+    5× slower at 256 atoms; benchmarks/README.md); the shifts of the kept pairs are
+    `_minimage_shifts`."""
+    d = [frac[None, :, a] - frac[:, None, a] for a in range(3)]  # (i, j): s_j − s_i
+    d = [da - jnp.round(da) for da in d]
+    r2 = sum((d[0] * cell[0, c] + d[1] * cell[1, c] + d[2] * cell[2, c]) ** 2 for c in range(3))
+    idx = jnp.arange(frac.shape[0])
+    # no self-images: every plane spacing is ≥ 2 cutoffs
+    other = (idx[:, None] < idx[None, :]) if spec.half else (idx[:, None] != idx[None, :])
+    return (r2 < spec.cutoff ** 2) & other
+
+
+def _minimage_shifts(frac, i, j):
+    """Image shifts S = −round(s_j − s_i) of the pairs (i, j), (E, 3)."""
+    return -jnp.round(frac[j] - frac[i])
 
 
 def _bin_table(xw, cell, spec):
@@ -230,9 +243,9 @@ _NEIGHBOR_BINS = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=n
 _HALF_SHELL = _NEIGHBOR_BINS[[not d.any() or d[np.flatnonzero(d)[0]] > 0 for d in _NEIGHBOR_BINS]]  # (14, 3)
 
 
-def _cells_candidates(xw, cell, spec, bid, table):
-    """For each atom: candidate neighbour indices (N, K, cap) in its K neighbouring bins (27; a
-    half list 14) and the image shift of each of those bins (N, K, 3), -1 marking empty slots."""
+def _cells_neighbor_bins(cell, spec, bid):
+    """For each atom: its K neighbouring bins (27; a half list 14), (N, K) bin indices, and the
+    image shift of each (N, K, 3)."""
     offsets = _HALF_SHELL if spec.half else _NEIGHBOR_BINS
     bins = jnp.asarray(spec.bins)
     b3 = jnp.stack([bid // (spec.bins[1] * spec.bins[2]), (bid // spec.bins[2]) % spec.bins[1],
@@ -241,26 +254,32 @@ def _cells_candidates(xw, cell, spec, bid, table):
     shift = jnp.floor_divide(nb, bins)  # -1, 0 or +1 image
     nb = nb - shift * bins
     nb_id = (nb[..., 0] * spec.bins[1] + nb[..., 1]) * spec.bins[2] + nb[..., 2]
-    return table[nb_id], shift.astype(xw.dtype)
+    return nb_id, shift.astype(cell.dtype)
 
 
 def _candidate_mask_cells(xw, cell, spec, chunk=2048):
-    """(N, K·cap) pairs within the cutoff among the bin candidates, the candidates (N, K·cap), the
-    bins' image shifts (N, K, 3) and the bin-overflow flag. An atom's own bin at image 0 holds the
-    pair with itself (dropped) and, for a half list, each pair of its atoms twice (kept once: j > i)."""
+    """(N, K·cap) pairs within the cutoff among the candidates of each atom's K neighbouring
+    bins (`cap` slots each, of the (n_bins, cap) `table` of atom indices, -1 = empty), the bins
+    (N, K) and their image shifts (N, K, 3), the table and the bin-overflow flag. An atom's own
+    bin at image 0 holds the pair with itself (dropped) and, for a half list, each pair of its
+    atoms twice (kept once: j > i). Written per Cartesian component, so that XLA fuses it (the
+    minimum image's note); the candidates (N, K·cap) are never materialised."""
     table, bid, bin_overflow = _bin_table(xw, cell, spec)
-    cand, shift = _cells_candidates(xw, cell, spec, bid, table)
+    nb_id, shift = _cells_neighbor_bins(cell, spec, bid)
     own = jnp.asarray(np.all((_HALF_SHELL if spec.half else _NEIGHBOR_BINS) == 0, axis=1))[:, None]  # (K, 1)
     n = xw.shape[0]
 
     def one_atom(args):
-        i, c, s = args  # (K, cap), (K, 3)
-        d = xw[jnp.maximum(c, 0)] - xw[i] + (s @ cell)[:, None, :]  # (K, cap, 3)
-        ok = (c >= 0) & (jnp.sum(d * d, -1) < spec.cutoff ** 2)
+        i, b, s = args  # (K,), (K, 3)
+        c = table[b]  # (K, cap)
+        cj = jnp.maximum(c, 0)
+        r2 = sum((xw[cj, a] - xw[i, a] + (s[:, 0] * cell[0, a] + s[:, 1] * cell[1, a]
+                                          + s[:, 2] * cell[2, a])[:, None]) ** 2 for a in range(3))
+        ok = (c >= 0) & (r2 < spec.cutoff ** 2)
         return ok & ~(own & ((c <= i) if spec.half else (c == i)))
 
-    mask = jax.lax.map(one_atom, (jnp.arange(n), cand, shift), batch_size=min(chunk, n))
-    return mask.reshape(n, -1), cand.reshape(n, -1), shift, bin_overflow
+    mask = jax.lax.map(one_atom, (jnp.arange(n), nb_id, shift), batch_size=min(chunk, n))
+    return mask.reshape(n, -1), nb_id, shift, table, bin_overflow
 
 
 def _bisect(count_upto, rank, n_cols: int):
@@ -278,7 +297,8 @@ def _bisect(count_upto, rank, n_cols: int):
 def _compact(mask, size: int):
     """Flat (row-major) indices of the first `size` True entries of the (N, W) boolean `mask`,
     as `jnp.nonzero(mask.ravel(), size=size)` (entries past the number of True ones are in range
-    but arbitrary), 4× faster on CPU at 10⁷ entries: no scatter or cumsum over all N·W entries.
+    but arbitrary), and the number of True entries (counted here: a second reduction over the
+    mask made XLA compute a fused mask twice, +20 ms at 2 048 atoms), 4× faster on CPU at 10⁷ entries: no scatter or cumsum over all N·W entries.
     Each row is packed into 32-bit words and counted by popcount; the k-th True entry is then
     found by three searches: its row (cumulative row counts), its word (cumulative word counts in
     that row), its bit (popcounts of the word's low bits)."""
@@ -301,7 +321,7 @@ def _compact(mask, size: int):
         return jax.lax.population_count(v & low).astype(jnp.int32)
 
     bit = _bisect(bits_upto, rank, 32)
-    return row * w + jnp.minimum(32 * word + bit, w - 1)
+    return row * w + jnp.minimum(32 * word + bit, w - 1), row_end[-1]
 
 
 def _geometry_overflow(cell, spec):
@@ -323,7 +343,7 @@ def _count_pairs(system, spec):
     if spec.method == "brute":
         return jnp.sum(_candidate_mask_brute(xw, cell, spec)[0])
     if spec.method == "minimage":
-        return jnp.sum(_candidate_mask_minimage(xw, cell, spec)[0])
+        return jnp.sum(_candidate_mask_minimage(_minimage_fractions(xw, cell), cell, spec))
     return jnp.sum(_candidate_mask_cells(xw, cell, spec)[0])
 
 
@@ -335,26 +355,26 @@ def build(system: System, spec: NeighborSpec) -> Graph:
     if spec.method == "brute":
         within, image_shifts = _candidate_mask_brute(xw, cell, spec)
         n, _, n_img = within.shape
-        flat = _compact(within.reshape(n, -1), spec.capacity)
+        flat, count = _compact(within.reshape(n, -1), spec.capacity)
         i = flat // (n * n_img)
         j = (flat // n_img) % n
         s = image_shifts[flat % n_img]
         extra_overflow = jnp.array(False)
     elif spec.method == "minimage":
-        within, shifts = _candidate_mask_minimage(xw, cell, spec)
+        frac = _minimage_fractions(xw, cell)
+        within = _candidate_mask_minimage(frac, cell, spec)
         n = within.shape[0]
-        flat = _compact(within, spec.capacity)
+        flat, count = _compact(within, spec.capacity)
         i, j = flat // n, flat % n
-        s = shifts[i, j]
+        s = _minimage_shifts(frac, i, j)
         extra_overflow = jnp.array(False)
     else:
-        within, cand, bin_shift, extra_overflow = _candidate_mask_cells(xw, cell, spec)
-        width = within.shape[1]
-        flat = _compact(within, spec.capacity)
-        i = flat // width
-        j = cand[i, flat % width]
-        s = bin_shift[i, (flat % width) // spec.bin_capacity]
-    count = jnp.sum(within)
+        within, nb_id, bin_shift, table, extra_overflow = _candidate_mask_cells(xw, cell, spec)
+        flat, count = _compact(within, spec.capacity)
+        i, q = flat // within.shape[1], flat % within.shape[1]
+        k_bin = q // spec.bin_capacity  # which of the atom's neighbouring bins, and its slot
+        j = table[nb_id[i, k_bin], q % spec.bin_capacity]
+        s = bin_shift[i, k_bin]
     mask = jnp.arange(spec.capacity) < count
     # shifts relative to the unwrapped input positions: x_j - x_i + S·cell
     s = s - k[j] + k[i]
