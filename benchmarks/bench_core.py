@@ -19,7 +19,7 @@
 (4) MD with neighbour-list reuse: Lennard-Jones argon (float32, rc 8.5 Å, 50 K NVE, dt 5 fs),
     time per step of `thermal.md` with the list rebuilt every step vs reused within a skin
     (`neighbor_skin`, default 1 Å), against E + F alone on a fixed list at the cutoff, all on
-    half lists (target: MD with skin ≤ 1.3 × E + F).
+    half lists (target: MD with skin ≤ 1.3 × E + F; both return energy and forces).
 (5) jax-md side by side (optional: only where `jax_md` imports; not a curvax dependency —
     e.g. `pip install --target /tmp/jaxmd jax-md==0.2.29` and PYTHONPATH=/tmp/jaxmd): LJ argon
     fcc, rc 8.5 Å, float64, list rebuilt every call: (a) list build, (b) list + E + F, (c) E + F
@@ -231,10 +231,11 @@ def bench_md_skin(n_atoms, skin, steps=200, repeat=7):
 
     @eqx.filter_jit
     def ef_loop(s, g):
-        def body(_, f):
-            s_i = s._replace(positions=s.positions + 1e-12 * f)
-            return derivatives.properties(half, s_i, g, stress=False)["forces"]
-        return jax.lax.fori_loop(0, steps, body, jnp.zeros_like(s.positions))
+        def body(_, ef):
+            s_i = s._replace(positions=s.positions + 1e-12 * ef[1])
+            res = derivatives.properties(half, s_i, g, stress=False)
+            return ef[0] + res["energy"], res["forces"]  # energy and forces, as the MD step
+        return jax.lax.fori_loop(0, steps, body, (jnp.zeros((), s.positions.dtype), jnp.zeros_like(s.positions)))
 
     calls = {"E+F": (ef_loop, (system, graph))}
     for label, s_ in (("rebuild every step", 0.0), (f"skin {skin} Å", skin)):

@@ -385,10 +385,13 @@ def build(system: System, spec: NeighborSpec) -> Graph:
     return Graph(senders=j, receivers=i, shifts=s, mask=mask, overflow=overflow)
 
 
-def needs_rebuild(positions, cell, ref_positions, ref_cell, cutoff: float, skin: float, pbc=(True, True, True)):
+def needs_rebuild(positions, cell, ref_positions, ref_cell, cutoff: float, skin: float, pbc=(True, True, True),
+                  fixed_cell: bool = False):
     """True unless a list built at `cutoff + skin` [Å] at (ref_positions, ref_cell) still holds
-    every pair within `cutoff` at (positions, cell) (module doc; jit-able)."""
-    if not all(pbc):
+    every pair within `cutoff` at (positions, cell) (module doc; jit-able). fixed_cell: the
+    caller guarantees cell == ref_cell (MD at constant volume): max_i |Δx_i| < skin/2 is checked
+    without the cell's inverse and singular values."""
+    if fixed_cell or not all(pbc):
         drift = jnp.max(jnp.linalg.norm(positions - ref_positions, axis=-1))
         return 2.0 * drift >= skin
     inv0 = jnp.linalg.inv(ref_cell)

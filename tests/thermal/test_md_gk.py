@@ -43,19 +43,27 @@ def test_nve_conserves_energy_with_dt2_error(argon):
     assert spread[3.0] < 2e-3 * ke  # tiny compared with the kinetic energy
 
 
-def test_neighbor_skin_gives_the_same_trajectory(argon):
+@pytest.mark.parametrize("friction,sample_every", [(0.0, 1), (0.02, 3)])
+def test_neighbor_skin_gives_the_same_trajectory(argon, friction, sample_every):
     """MD reusing its (half) neighbour list within a skin follows the same trajectory as
-    rebuilding a full list every step (float64), including across rebuilds."""
+    rebuilding a full list every step (float64), including across rebuilds (checked to happen),
+    for NVE and Langevin (the same noise) and with several steps per recorded frame."""
     atoms, pot = argon
     system, m = from_atoms(atoms), atoms.get_masses()
     v = M.maxwell_boltzmann(m, 100.0, seed=2)
     runs = []
     for skin, half in ((0.0, False), (0.6, None)):
-        md = M.dynamics(pot, m, 5.0, flux_route=None, neighbor_skin=skin, half_list=half)
-        state, frames = M.simulate(md, system, v, 80, chunk=40)
-        runs.append((np.asarray(state.system.positions), frames.potential_energy))
+        md = M.dynamics(pot, m, 5.0, flux_route=None, neighbor_skin=skin, half_list=half, temperature=100.0,
+                        friction=friction, sample_every=sample_every)
+        state, frames = M.simulate(md, system, v, 80 // sample_every, chunk=40 // sample_every,
+                                   key=jax.random.PRNGKey(1))
+        runs.append((np.asarray(state.system.positions), frames))
+    moved = np.max(np.linalg.norm(runs[0][0] - np.asarray(system.positions), axis=1))
+    assert moved > 0.3, moved  # an atom moved skin/2: the reusing run rebuilt its list
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=0, atol=1e-9)
-    np.testing.assert_allclose(runs[1][1], runs[0][1], rtol=0, atol=1e-10)
+    for name in ("potential_energy", "kinetic_energy", "flux"):
+        np.testing.assert_allclose(getattr(runs[1][1], name), getattr(runs[0][1], name), rtol=0, atol=1e-10)
+    assert len(runs[1][1].potential_energy) == 80 // sample_every and not runs[1][1].overflow.any()
 
 
 def test_langevin_reaches_target_temperature(argon):
