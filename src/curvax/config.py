@@ -17,6 +17,7 @@ Rules, the same for every command (finetune, relax-tune, gk):
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import yaml
@@ -108,8 +109,27 @@ def one_of(where, name, value, allowed) -> None:
         raise ValueError(f"{where}: {name} must be one of {list(allowed)}, got {value!r}")
 
 
-def changed_settings(old: dict, new: dict, may_change=()) -> list[str]:
+def field_defaults(cls) -> dict:
+    """{name: default} of the dataclass `cls`'s fields that have one, as a stored run record
+    holds them (JSON types: lists, strings)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(json.dumps(out, default=str))
+
+
+def changed_settings(old: dict, new: dict, may_change=(), defaults: dict | None = None) -> list[str]:
     """"key: old → new" for every setting that differs between two run records (keys in
-    `may_change` excepted): what stops a resumed run."""
-    return [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted((set(old) | set(new)) - set(may_change))
-            if old.get(k) != new.get(k)]
+    `may_change` excepted): what stops a resumed run. A key missing from `old` (a record written
+    before that setting existed) counts as its value in `defaults` (`field_defaults`), so adding
+    a setting does not stop the runs made before it while they use its default."""
+    defaults = defaults or {}
+
+    def before(k):
+        return old[k] if k in old else defaults.get(k)
+
+    return [f"{k}: {before(k)!r} → {new.get(k)!r}" for k in sorted((set(old) | set(new)) - set(may_change))
+            if before(k) != new.get(k)]

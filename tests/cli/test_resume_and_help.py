@@ -83,6 +83,32 @@ def test_checkpoint_past_the_asked_steps_is_refused(tmp_path):
     assert not (tmp_path / "checkpoint.eqx").exists()
 
 
+def test_a_setting_added_since_resumes_at_its_default(tmp_path):
+    """A run recorded before a setting existed (its config.yaml lacks the key) resumes while the
+    setting has its default (the main job's workdir from before `cv_fold`), and stops when not."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from curvax.config import field_defaults
+    from curvax.finetune.pft import FinetuneConfig
+    from curvax.finetune.training import TrainState
+
+    record = json.loads(json.dumps(dataclasses.asdict(FinetuneConfig(model="m.nqx")), default=str))
+    defaults = field_defaults(FinetuneConfig)
+    assert defaults["cv_fold"] == [] and "model" not in defaults  # required: no default
+    older = {k: v for k, v in record.items() if k != "cv_fold"}
+    prepare_workdir(tmp_path, older, record["steps"])
+    save_checkpoint(tmp_path / "checkpoint.eqx", TrainState(jnp.zeros((), jnp.int32), {}, {}, {}), {"step": 1})
+    prepare_workdir(tmp_path, older, record["steps"])  # rewrites config.yaml as the old record
+    prepare_workdir(tmp_path, record, record["steps"], defaults=defaults)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older))
+    with pytest.raises(ValueError, match=r"cv_fold: \[\] → \[0, 3\]"):
+        prepare_workdir(tmp_path, {**record, "cv_fold": [0, 3]}, record["steps"], defaults=defaults)
+    with pytest.raises(ValueError, match=r"cv_fold: None → \[\]"):  # without defaults: a change
+        prepare_workdir(tmp_path, record, record["steps"])
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_help_is_whole_and_shows_defaults(command, capsys):
     name = {"relax_tune": "relax-tune"}.get(command.__name__.rsplit(".", 1)[-1], command.__name__.rsplit(".", 1)[-1])

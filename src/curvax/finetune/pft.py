@@ -58,7 +58,7 @@ from ase.formula import Formula
 from curvax import batch as batching
 from curvax import parallel, precision
 from curvax.batch import Batch, graph_of
-from curvax.config import at_least, one_of, path_field
+from curvax.config import at_least, field_defaults, one_of, path_field
 from curvax.finetune import efs_data, training
 from curvax.finetune import evaluation as pft_eval
 from curvax.finetune.losses import EFSWeights, batch_efs_loss, batch_phonon_loss
@@ -488,10 +488,9 @@ def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = 
     `restart` starts afresh); writes `workdir/model.nqx` when all steps are done (the
     best-validation EMA weights with `select_best` and validation materials)."""
     record = {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model)}
-    if not cfg.cv_fold:  # a workdir of a run from before cross-validation existed resumes
-        del record["cv_fold"]
     with dataset_loader() as loader:  # reader processes, forked before JAX starts its threads
-        workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart)
+        workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart,
+                                           defaults=field_defaults(FinetuneConfig))
         mesh = parallel.data_mesh(cfg.devices)
         n_dev = 1 if mesh is None else mesh.devices.size
         base = load_potential(cfg.model, precision.dtype_for(cfg.x64))

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from curvax import batch as batching
 from curvax import parallel, precision
 from curvax.batch import Batch
-from curvax.config import at_least, path_field
+from curvax.config import at_least, field_defaults, path_field
 from curvax.finetune import training
 from curvax.io import atomic_write
 from curvax.potentials import check_species, load_potential, save_potential
@@ -329,7 +329,8 @@ def run(cfg: RelaxTuneConfig, progress: bool = True, max_seconds: float | None =
               "data_sha256": training.file_fingerprint(cfg.data)}
     # evaluation settings may change between runs of one training (a rerun re-evaluates)
     workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart,
-                                       may_change=("steps", "workdir", "eval_relax_steps", "eval_fmax", "basin_threshold"))
+                                       may_change=("steps", "workdir", "eval_relax_steps", "eval_fmax", "basin_threshold"),
+                                       defaults=field_defaults(RelaxTuneConfig))
     dtype = precision.dtype_for(cfg.x64)
     base = load_potential(cfg.model, dtype)
     splits = load_splits(cfg, base)

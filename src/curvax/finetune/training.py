@@ -272,13 +272,14 @@ RUN_FILES = ("checkpoint.eqx", "best.eqx", "metrics.csv", "eval.csv")
 
 
 def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
-                    may_change: tuple = ("steps", "workdir")) -> Path:
+                    may_change: tuple = ("steps", "workdir"), defaults: dict | None = None) -> Path:
     """Make `workdir` ready for a resumable run of the settings `record` (a JSON-able dict),
     written to `workdir/config.yaml`, the run's one record of its settings.
 
     A workdir with a checkpoint resumes only under the same settings: `record` is compared
     with the `config.yaml` written when the run started, and any difference (other than
-    `may_change`, e.g. more `steps`) stops with a list of them. A checkpoint already past
+    `may_change`, e.g. more `steps`) stops with a list of them; a setting the stored record
+    lacks (added since) compares as its value in `defaults` (`config.field_defaults`). A checkpoint already past
     `steps` stops too. `restart` deletes the previous run's checkpoints and metrics instead.
     Checks that the folder is writable before any work. Returns the folder."""
     from curvax.config import changed_settings
@@ -293,7 +294,7 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
     done = checkpoint_step(workdir / "checkpoint.eqx")
     if done and stored.is_file():
         old = yaml.safe_load(stored.read_text()) or {}
-        diff = changed_settings(old, record, may_change)
+        diff = changed_settings(old, record, may_change, defaults)
         if diff:
             raise ValueError(f"{workdir} holds a run (step {done}) with different settings: " + "; ".join(diff)
                              + ". Rerun with --restart to start afresh, or choose another workdir")
