@@ -8,7 +8,7 @@ or compiled, with errors that name the file/key/atom and the fix.
   that look "converged": both stop here instead.
 - `check_atoms(atoms, where, periodic)`: the same for an `ase.Atoms` (and, with `periodic`, a
   periodic 3D cell), before any model or phonopy object sees it.
-- `positive_int`, `positive_float`, `nonnegative_float`: argparse types naming the option.
+- `positive_int`, `positive_float`, `nonnegative_float`, `fold_count` (≥ 2): argparse types naming the option.
 - `check_writable(directory, what)`: an output folder that can be written, checked before the
   expensive step, so that no finished work is lost at the end.
 """
@@ -101,6 +101,7 @@ def _number(kind, test, what):
 positive_int = _number(int, lambda v: v > 0, "positive")
 positive_float = _number(float, lambda v: v > 0, "positive")
 nonnegative_float = _number(float, lambda v: v >= 0, "≥ 0")
+fold_count = _number(int, lambda v: v >= 2, "≥ 2")  # folds of a cross-validation
 
 
 def check_writable(directory, what: str = "output folder") -> Path:

@@ -40,13 +40,16 @@ def test_cv_fold_must_name_a_fold(tmp_path):
             load_config(cfg, pft.FinetuneConfig, {})
 
 
-def test_cross_validation_refuses_restart(tmp_path, capsys):
+def test_cross_validation_refuses_restart_and_one_fold(tmp_path, capsys):
     from curvax.cli import main
 
     cfg = tmp_path / "pft.yaml"
     cfg.write_text(f"model: {NEQUIX_MP}\nworkdir: {tmp_path / 'run'}\n")
     assert main(["finetune", str(cfg), "--cv", "2", "--restart"]) == 2
     assert "--restart does not apply to --cv" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", str(cfg), "--cv", "1"])
+    assert e.value.code == 2 and "--cv: '1' must be ≥ 2" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

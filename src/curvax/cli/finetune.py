@@ -12,7 +12,7 @@ from pathlib import Path
 from curvax.cli.common import add_command, add_training_options
 from curvax.config import load_config
 from curvax.finetune import crossval, pft
-from curvax.validation import positive_int
+from curvax.validation import fold_count, positive_int
 
 
 def add_parser(subparsers):
@@ -20,7 +20,7 @@ def add_parser(subparsers):
     p.add_argument("config", help="YAML config (keys: see curvax.finetune.pft.FinetuneConfig)")
     add_training_options(p)
     p.add_argument("--no-eval", action="store_true", help="train only, skip the report")
-    p.add_argument("--cv", type=positive_int, default=None, metavar="K",
+    p.add_argument("--cv", type=fold_count, default=None, metavar="K",
                    help="instead: K-fold leave-materials-out cross-validation of the recipe (workdir/cv/cv.txt; "
                         "curvax.finetune.crossval); the report of a later run in this workdir includes it")
     p.add_argument("--cv-materials", type=positive_int, default=8, metavar="N",
