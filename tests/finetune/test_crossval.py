@@ -55,8 +55,9 @@ def test_cross_validation_refuses_restart_and_one_fold(tmp_path, capsys):
 
 def test_cross_validation_cli_end_to_end(tmp_path, capsys):
     """Two folds of two materials: each fold's model is trained on the other material only and
-    scored on its own; a second call resumes from the stored rows (no training); the stored
-    report belongs to this recipe only."""
+    scored on its own; a second call resumes from the stored rows (no training); rows missing
+    are scored with the stored models, identical to the first scoring (no training); a changed
+    recipe is refused naming the setting; the stored report belongs to this recipe only."""
     from curvax.cli import main
 
     cfg = tmp_path / "pft.yaml"
@@ -94,6 +95,16 @@ eval_protocols: [unrelaxed]
     assert main(["finetune", str(cfg), "--cv", "2", "--cv-materials", "1", "--no-progress"]) == 0
     assert "phonon training set" not in capsys.readouterr().out  # no fold trained again
     assert (root / "fold-1-of-2" / "rows.json").stat().st_mtime_ns == stamp
+    first = (root / "fold-1-of-2" / "rows.json").read_text()
+    (root / "fold-1-of-2" / "rows.json").unlink()
+    assert main(["finetune", str(cfg), "--cv", "2", "--cv-materials", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "phonon training set" not in out and "fold 1/2: 1 materials held out, scoring 1 of 1" in out
+    assert (root / "fold-1-of-2" / "rows.json").read_text() == first  # the stored model: same numbers
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(cfg.read_text().replace("ema_decay: 0.0", "ema_decay: 0.5"))
+    assert main(["finetune", str(changed), "--cv", "2", "--no-progress"]) == 2
+    assert "ema_decay: 0.0 → 0.5" in capsys.readouterr().err
     loaded = load_config(cfg, pft.FinetuneConfig, {})
     assert crossval.stored_report(loaded) == text.rstrip()
     assert crossval.stored_report(dataclasses.replace(loaded, steps=3)) is None  # another recipe

@@ -10,8 +10,10 @@ held-out fold whose DFT supercells have ≤ `phonondb_eval_max_atoms` atoms (eva
 
 The estimate printed is the change of each property's MAE vs the base, pooled over every
 fold's evaluated materials (each material is scored by a model that never saw it), beside the
-change per fold and per material. Outputs: workdir/cv/cv.txt and cv.json; a finished fold's
-rows are kept (fold-*/rows.json), so a killed cross-validation resumes at the fold it was in.
+change per fold and per material. Outputs: workdir/cv/cv.txt and cv.json; a trained fold's
+model and its scored rows are kept (fold-*/model.nqx, rows.json), so a killed cross-validation
+resumes at the fold it was in, and a later run asking for more materials per fold scores only
+the new ones (with the stored models, after checking the fold was trained with these settings).
 The main job's report (`pft.evaluate`) appends workdir/cv/cv.txt when it was made with the same
 recipe.
 """
@@ -22,10 +24,13 @@ import json
 import time
 from pathlib import Path
 
+from curvax import precision
+from curvax.config import field_defaults
 from curvax.finetune import evaluation as pft_eval
 from curvax.finetune import pft, training
 from curvax.io import atomic_write
-from curvax.phonons.data import load_phonopy_dataset, phonondb_entries
+from curvax.phonons.data import dataset_name, load_phonopy_dataset, phonondb_entries
+from curvax.potentials import load_potential
 from curvax.phonons.properties import COMPARED
 
 _NOT_RECIPE = ("workdir", "cv_fold")  # settings that may differ between a CV and the main job
@@ -60,24 +65,35 @@ def run(cfg: pft.FinetuneConfig, k: int, materials_per_fold: int = 8, progress: 
     root = Path(cfg.workdir) / "cv"
     max_atoms = cfg.phonondb_eval_max_atoms or cfg.phonondb_max_atoms
     rows, t0 = [], time.time()
+    dtype = precision.dtype_for(cfg.x64)
     for i in range(k):
         fold_dir = root / f"fold-{i + 1}-of-{k}"
-        done = fold_dir / "rows.json"
-        if not done.is_file():
-            fold_cfg = dataclasses.replace(cfg, workdir=str(fold_dir), cv_fold=[i, k])
+        fold_cfg = dataclasses.replace(cfg, workdir=str(fold_dir), cv_fold=[i, k])
+        models = None
+        if (fold_dir / "model.nqx").is_file() and training.checkpoint_step(fold_dir / "checkpoint.eqx") == cfg.steps:
+            # trained: only its settings are checked
+            training.check_same_run(fold_dir, pft.run_record(fold_cfg), defaults=field_defaults(pft.FinetuneConfig))
+        else:
             left = None if max_seconds is None else max(max_seconds - (time.time() - t0), 0.0)
             base, tuned, _ = pft.run(fold_cfg, progress=progress, max_seconds=left)
             if training.checkpoint_step(fold_dir / "checkpoint.eqx") < cfg.steps:
                 return None  # stopped by max_seconds
-            held = json.loads((fold_dir / "split.json").read_text())["cv"]
-            paths = evaluation_materials([Path(p) for p in held], max_atoms, materials_per_fold, cfg.phonondb)
-            print(f"fold {i + 1}/{k}: {len(held)} materials held out, scoring {len(paths)} "
+            models = {"base": base, "fine-tuned": tuned}
+        held = json.loads((fold_dir / "split.json").read_text())["cv"]
+        paths = evaluation_materials([Path(p) for p in held], max_atoms, materials_per_fold, cfg.phonondb)
+        done = fold_dir / "rows.json"
+        scored = json.loads(done.read_text()) if done.is_file() else []
+        todo = [p for p in paths if dataset_name(p) not in {r["material"] for r in scored}]
+        if todo:
+            print(f"fold {i + 1}/{k}: {len(held)} materials held out, scoring {len(todo)} of {len(paths)} "
                   f"(DFT supercells ≤ {max_atoms} atoms)", flush=True)
-            fold_rows = pft_eval.phonon_rows({"base": base, "fine-tuned": tuned}, paths, cfg.eval_temperature,
-                                             tuple(cfg.eval_mesh), tuple(cfg.eval_protocols),
-                                             relax_max_atoms=cfg.eval_relax_max_atoms)
-            atomic_write(done, json.dumps(fold_rows, indent=1))
-        rows += [dict(r, fold=i + 1) for r in json.loads(done.read_text())]
+            models = models or {"base": load_potential(cfg.model, dtype),
+                                "fine-tuned": load_potential(fold_dir / "model.nqx", dtype)}
+            scored += pft_eval.phonon_rows(models, todo, cfg.eval_temperature, tuple(cfg.eval_mesh),
+                                           tuple(cfg.eval_protocols), relax_max_atoms=cfg.eval_relax_max_atoms)
+            atomic_write(done, json.dumps(scored, indent=1))
+        names = {dataset_name(p) for p in paths}
+        rows += [dict(r, fold=i + 1) for r in scored if r["material"] in names]
         elapsed = time.time() - t0
         print(f"cross-validation: fold {i + 1}/{k} done ({elapsed / 60:.1f} min"
               + (f", ETA {elapsed / (i + 1) * (k - i - 1) / 60:.0f} min)" if i + 1 < k else ")"), flush=True)

@@ -482,14 +482,18 @@ class PhononValidation:
         return {**{f"val_{k}": v for k, v in mae.items()}, "val_score": float(np.mean(ratios))}
 
 
+def run_record(cfg: FinetuneConfig) -> dict:
+    """The settings a run's workdir records (config.yaml; a resumed run must match them)."""
+    return {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model)}
+
+
 def run(cfg: FinetuneConfig, progress: bool = True, max_seconds: float | None = None, restart: bool = False):
     """Fine-tune; returns (base potential, fine-tuned EMA potential, held-out upstream Batch).
     Resumes from `workdir/checkpoint.eqx` if the settings are unchanged (`training.prepare_workdir`;
     `restart` starts afresh); writes `workdir/model.nqx` when all steps are done (the
     best-validation EMA weights with `select_best` and validation materials)."""
-    record = {**dataclasses.asdict(cfg), "model_sha256": training.file_fingerprint(cfg.model)}
     with dataset_loader() as loader:  # reader processes, forked before JAX starts its threads
-        workdir = training.prepare_workdir(cfg.workdir, record, cfg.steps, restart,
+        workdir = training.prepare_workdir(cfg.workdir, run_record(cfg), cfg.steps, restart,
                                            defaults=field_defaults(FinetuneConfig))
         mesh = parallel.data_mesh(cfg.devices)
         n_dev = 1 if mesh is None else mesh.devices.size

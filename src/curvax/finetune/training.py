@@ -282,7 +282,6 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
     lacks (added since) compares as its value in `defaults` (`config.field_defaults`). A checkpoint already past
     `steps` stops too. `restart` deletes the previous run's checkpoints and metrics instead.
     Checks that the folder is writable before any work. Returns the folder."""
-    from curvax.config import changed_settings
     from curvax.validation import check_writable
 
     workdir = check_writable(workdir, "workdir")
@@ -292,17 +291,30 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
         for name in RUN_FILES + ("config.yaml",):
             (workdir / name).unlink(missing_ok=True)
     done = checkpoint_step(workdir / "checkpoint.eqx")
-    if done and stored.is_file():
-        old = yaml.safe_load(stored.read_text()) or {}
-        diff = changed_settings(old, record, may_change, defaults)
-        if diff:
-            raise ValueError(f"{workdir} holds a run (step {done}) with different settings: " + "; ".join(diff)
-                             + ". Rerun with --restart to start afresh, or choose another workdir")
+    if done:
+        check_same_run(workdir, record, may_change, defaults)
     if done > steps:
         raise ValueError(f"{workdir}: the checkpoint is at step {done}, past steps = {steps}; ask for at "
                          f"least {done} steps, or --restart")
     atomic_write(stored, yaml.safe_dump(record, sort_keys=False))
     return workdir
+
+
+def check_same_run(workdir, record: dict, may_change: tuple = ("steps", "workdir"),
+                   defaults: dict | None = None) -> None:
+    """ValueError listing the settings (`config.changed_settings`) in which the run recorded in
+    `workdir/config.yaml` differs from `record`; nothing when there is no record."""
+    from curvax.config import changed_settings
+
+    stored = Path(workdir) / "config.yaml"
+    if not stored.is_file():
+        return
+    old = yaml.safe_load(stored.read_text()) or {}
+    diff = changed_settings(old, json.loads(json.dumps(record, default=str)), may_change, defaults)
+    if diff:
+        raise ValueError(f"{workdir} holds a run (step {checkpoint_step(Path(workdir) / 'checkpoint.eqx')}) with "
+                         "different settings: " + "; ".join(diff)
+                         + ". Rerun with --restart to start afresh, or choose another workdir")
 
 
 def file_fingerprint(path) -> str | None:
