@@ -30,8 +30,8 @@ from curvax.finetune import evaluation as pft_eval
 from curvax.finetune import pft, training
 from curvax.io import atomic_write
 from curvax.phonons.data import dataset_name, load_phonopy_dataset, phonondb_entries
-from curvax.potentials import load_potential
 from curvax.phonons.properties import COMPARED
+from curvax.potentials import load_potential
 
 _NOT_RECIPE = ("workdir", "cv_fold")  # settings that may differ between a CV and the main job
 
