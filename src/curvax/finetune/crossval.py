@@ -56,7 +56,7 @@ def evaluation_materials(paths, max_atoms: int, n: int, phonondb=None) -> list[P
     return out
 
 
-def run(cfg: pft.FinetuneConfig, k: int, materials_per_fold: int = 8, progress: bool = True,
+def run(cfg: pft.FinetuneConfig, k: int, materials_per_fold: int = 16, progress: bool = True,
         max_seconds: float | None = None) -> str | None:
     """K-fold cross-validation of the recipe `cfg` (module doc). Returns the text of cv.txt, or
     None when `max_seconds` stopped a fold's training (rerun to resume)."""
