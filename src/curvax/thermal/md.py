@@ -25,10 +25,11 @@ B. Leimkuhler, C. Matthews, Molecular Dynamics (Springer, 2015).
     traj.flux  # (n_samples, 3) eV Å/fs
 
 Neighbour lists / unfoldings are allocated on the host (`md.init`); `simulate` runs `chunk`
-frames per compiled call (`md.apply`: a loop over the steps, with neighbour-list reuse an outer
-loop over list builds around an inner loop of steps on one list), and if a chunk reports overflow (neighbour capacity, or an atom moved more
-than skin/2 from where the unfolding was built) it re-allocates at the chunk's start and
-repeats the chunk, so the trajectory is the same as with an infinitely large list.
+frames per compiled call (`md.apply`: a loop over the steps; with neighbour-list reuse, an
+outer loop over list builds around an inner loop of steps on one list), and if a chunk reports
+overflow (neighbour capacity, or an atom moved more than skin/2 from where the unfolding was
+built) it re-allocates at the chunk's start and repeats the chunk, so the trajectory is the
+same as with an infinitely large list.
 """
 from __future__ import annotations
 
