@@ -50,7 +50,9 @@ def enable_caches(path: str | None = None) -> Path | None:
         _store = None
         return None
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    # every program, however quick to compile: a second run then compiles nothing (a 0.1 s
+    # threshold stored a program in one run and not in the next when its compile time was near it)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     _store = Path(path) / "programs"
     return Path(path)
 

@@ -57,7 +57,8 @@ def test_cross_validation_cli_end_to_end(tmp_path, capsys):
     """Two folds of two materials: each fold's model is trained on the other material only and
     scored on its own; a second call resumes from the stored rows (no training); rows missing
     are scored with the stored models, identical to the first scoring (no training); a changed
-    recipe is refused naming the setting; the stored report belongs to this recipe only."""
+    recipe is refused naming the setting and the folder to delete; the stored report belongs to
+    this recipe only."""
     from curvax.cli import main
 
     cfg = tmp_path / "pft.yaml"
@@ -104,7 +105,8 @@ eval_protocols: [unrelaxed]
     changed = tmp_path / "changed.yaml"
     changed.write_text(cfg.read_text().replace("ema_decay: 0.0", "ema_decay: 0.5"))
     assert main(["finetune", str(changed), "--cv", "2", "--no-progress"]) == 2
-    assert "ema_decay: 0.0 → 0.5" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ema_decay: 0.0 → 0.5" in err and f"Delete {root}" in err
     loaded = load_config(cfg, pft.FinetuneConfig, {})
     assert crossval.stored_report(loaded) == text.rstrip()
     assert crossval.stored_report(dataclasses.replace(loaded, steps=3)) is None  # another recipe

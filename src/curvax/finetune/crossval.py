@@ -72,8 +72,9 @@ def run(cfg: pft.FinetuneConfig, k: int, materials_per_fold: int = 16, progress:
         models = None
         if (fold_dir / "model.nqx").is_file() and training.checkpoint_step(fold_dir / "checkpoint.eqx") == cfg.steps:
             # trained: only its settings are checked
-            training.check_same_run(fold_dir, pft.run_record(fold_cfg), defaults=field_defaults(pft.FinetuneConfig))
-        else:
+            training.check_same_run(fold_dir, pft.run_record(fold_cfg), defaults=field_defaults(pft.FinetuneConfig),
+                                    fix=f"Delete {root} to start the cross-validation afresh")
+        else:  # trains, or trains on (more steps): rows scored before are of another model
             left = None if max_seconds is None else max(max_seconds - (time.time() - t0), 0.0)
             base, tuned, _ = pft.run(fold_cfg, progress=progress, max_seconds=left)
             if training.checkpoint_step(fold_dir / "checkpoint.eqx") < cfg.steps:
@@ -82,7 +83,7 @@ def run(cfg: pft.FinetuneConfig, k: int, materials_per_fold: int = 16, progress:
         held = json.loads((fold_dir / "split.json").read_text())["cv"]
         paths = evaluation_materials([Path(p) for p in held], max_atoms, materials_per_fold, cfg.phonondb)
         done = fold_dir / "rows.json"
-        scored = json.loads(done.read_text()) if done.is_file() else []
+        scored = json.loads(done.read_text()) if done.is_file() and models is None else []
         todo = [p for p in paths if dataset_name(p) not in {r["material"] for r in scored}]
         if todo:
             print(f"fold {i + 1}/{k}: {len(held)} materials held out, scoring {len(todo)} of {len(paths)} "

@@ -301,9 +301,10 @@ def prepare_workdir(workdir, record: dict, steps: int, restart: bool = False,
 
 
 def check_same_run(workdir, record: dict, may_change: tuple = ("steps", "workdir"),
-                   defaults: dict | None = None) -> None:
+                   defaults: dict | None = None,
+                   fix: str = "Rerun with --restart to start afresh, or choose another workdir") -> None:
     """ValueError listing the settings (`config.changed_settings`) in which the run recorded in
-    `workdir/config.yaml` differs from `record`; nothing when there is no record."""
+    `workdir/config.yaml` differs from `record`, then `fix`; nothing when there is no record."""
     from curvax.config import changed_settings
 
     stored = Path(workdir) / "config.yaml"
@@ -313,8 +314,7 @@ def check_same_run(workdir, record: dict, may_change: tuple = ("steps", "workdir
     diff = changed_settings(old, json.loads(json.dumps(record, default=str)), may_change, defaults)
     if diff:
         raise ValueError(f"{workdir} holds a run (step {checkpoint_step(Path(workdir) / 'checkpoint.eqx')}) with "
-                         "different settings: " + "; ".join(diff)
-                         + ". Rerun with --restart to start afresh, or choose another workdir")
+                         "different settings: " + "; ".join(diff) + f". {fix}")
 
 
 def file_fingerprint(path) -> str | None:
