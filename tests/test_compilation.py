@@ -111,3 +111,45 @@ def test_an_unwritable_store_still_computes(tmp_path, monkeypatch):
     got = np.asarray(stored(LJ, system, graph, vs, 2))
     np.testing.assert_allclose(got, np.asarray(plain(LJ, system, graph, vs, 2)), rtol=1e-12,
                                atol=1e-12 * np.abs(got).max())
+
+
+def test_xla_cpu_flags_are_added_unless_already_set(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert compilation.set_xla_cpu_flags().split() == [
+        "--xla_force_host_platform_device_count=2", "--xla_cpu_experimental_ynn_fusion_type="]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")  # the user's choice wins
+    assert compilation.set_xla_cpu_flags() == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    monkeypatch.delenv("XLA_FLAGS")
+    assert compilation.set_xla_cpu_flags() == "--xla_cpu_experimental_ynn_fusion_type="
+
+
+_COMPILES_YNN = """
+import sys, jax, jax.numpy as jnp
+import curvax.cli as cli, curvax.cli.relax as command
+def compiled_has_ynn(args=None):
+    text = jax.jit(lambda a: jnp.tanh(a @ a) @ a).lower(jnp.ones((32, 32))).compile().as_text()
+    print("__ynn_fusion" in text)
+if sys.argv[1] == "cli":
+    command.run = compiled_has_ynn
+    cli.main(["relax", "x.vasp", "--model", "lj:sigma=3.4,epsilon=0.0104,cutoff=8"])
+else:
+    compiled_has_ynn()
+"""
+
+
+def test_command_line_compiles_without_ynn_fusions():
+    """A command's programs are compiled with `XLA_CPU_FLAGS` (main sets them before the backend
+    starts); a plain library process keeps XLA's default, which has YNNPACK fusions."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+    def has_ynn(route):
+        out = subprocess.run([sys.executable, "-c", _COMPILES_YNN, route], capture_output=True, text=True,
+                             env=env, check=True).stdout
+        return out.split()[-1] == "True"
+
+    assert has_ynn("library")  # else this jaxlib has no YNN fusions by default and the flag is moot
+    assert not has_ynn("cli")

@@ -2,7 +2,8 @@
 `add_parser(subparsers)` (which sets `func=run` on its parser) and `run(args) -> int`; a command
 parses its arguments, builds its config and calls the library (`curvax.finetune.pft.run`,
 `curvax.thermal.workflow.run`, ...). Precision is decided here, once: `--x64` (or
-`CURVAX_X64=1`) enables float64 for every command (`curvax.precision`)."""
+`CURVAX_X64=1`) enables float64 for every command (`curvax.precision`); XLA:CPU runs with
+`curvax.compilation.XLA_CPU_FLAGS` (set before JAX starts its backend)."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     for command in COMMANDS:
         command.add_parser(sub)
     args = parser.parse_args(argv)
+    compilation.set_xla_cpu_flags()
     args.x64 = bool(args.x64 or precision.x64_from_environment())
     precision.enable_x64(args.x64)
     compilation.enable_caches()  # $CURVAX_JAX_CACHE: compiled and traced programs kept across runs
