@@ -320,3 +320,26 @@ def test_training_set_rejects_an_unknown_element_before_reading_the_rest(tmp_pat
     paths = [PHONONS / "NaCl", PHONONS / "Cr", tmp_path / "broken"]
     with pytest.raises(ValueError, match=r"Cr: element\(s\) Cr \(Z=24\) unknown to the model NaClModel"):
         finetune.load_phonon_training_set(paths, 5.5, 64, NaClModel())
+
+
+def test_dft_relaxed_frames_measure_errors_against_dft():
+    """The report's forgetting-vs-DFT rows: every held-out crystal (none co-trained on) at its
+    DFT geometry with its DFT energy and zero F/σ, so `efs_errors` gives |E/N − E_DFT/N| and the
+    mean |F| component, as computed directly."""
+    from curvax import compute
+
+    cfg = finetune.FinetuneConfig(model="toy", pseudo_label_structures=str(RELAX / "wbm-random-pbe52-equilibrium-2025.1.json.gz"),
+                                  max_pseudo_atoms=3)
+    train, held = finetune.pseudo_label_pool(cfg, BASE)
+    assert not {r.material_id for r in train} & {r.material_id for r in held}
+    frames = finetune.dft_relaxed_frames(cfg, BASE, BASE.cutoff)
+    assert len(frames.n_atoms) == len(held) > 3
+    np.testing.assert_allclose(np.asarray(frames.energy), [r.energy for r in held], rtol=1e-12)
+    e_err, f_abs = [], []
+    for r in held:
+        res = compute(BASE, from_atoms(r.atoms))[0]
+        e_err.append(abs(float(res["energy"]) - r.energy) / len(r.atoms))
+        f_abs.append(np.mean(np.abs(np.asarray(res["forces"]))))
+    got = efs_errors({"m": BASE}, frames)["m"]
+    np.testing.assert_allclose(got["energy"], np.mean(e_err), rtol=1e-6)
+    np.testing.assert_allclose(got["forces"], np.mean(f_abs), rtol=1e-6)

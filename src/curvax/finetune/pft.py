@@ -354,6 +354,26 @@ def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tup
             labelled(test[:cfg.n_holdout], np.random.default_rng([cfg.seed, 1])))
 
 
+def dft_relaxed_frames(cfg: FinetuneConfig, potential, cutoff: float) -> Batch | None:
+    """Forgetting measured against DFT rather than against the base model: every held-out
+    crystal of `pseudo_label_structures` (`pseudo_label_pool`, materials never co-trained on) at
+    its DFT-relaxed geometry, labelled with its DFT total energy [eV] and zero forces and stress
+    (a relaxed structure's), so `evaluation.efs_errors` gives a model's energy error vs DFT
+    [eV/atom] and its residual |F| [eV/Å] and |σ| [eV/Å³] at the DFT minimum. None when the
+    structures carry no DFT energies (a phonondb folder)."""
+    if not cfg.pseudo_label_structures:
+        return None
+    records = [r for r in pseudo_label_pool(cfg, potential)[1] if np.isfinite(r.energy)]
+    if not records:
+        return None
+    items = []
+    for r in records:
+        s = from_atoms(r.atoms)
+        items.append((s, graph_of(s, cutoff, where=r.material_id),
+                      {"energy": r.energy, "forces": np.zeros((len(r.atoms), 3)), "stress": np.zeros(6)}))
+    return batching.stack(batching.pad_all(items))
+
+
 def pseudo_label_pool(cfg: FinetuneConfig, potential) -> tuple[list, list]:
     """DFT-relaxed crystals of `pseudo_label_structures` with known elements, split by material
     (`relax_data.split_by_material`): (train records, held-out records)."""
@@ -570,7 +590,8 @@ def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -
 
     Rows: the base model, the fine-tuned model and every `compare_models` entry (e.g. the
     authors' own PFT model), on `phonon_test` (both protocols), the held-out upstream frames
-    and `n_relax_eval` relaxations of perturbed held-out crystals."""
+    and `n_relax_eval` relaxations of perturbed held-out crystals, and the held-out crystals at
+    their DFT geometry against their DFT labels (`dft_relaxed_frames`)."""
     test = data_split(cfg, base.elements)["test"]
     models = {"base": base, "fine-tuned": tuned}
     for m in cfg.compare_models:
@@ -580,11 +601,14 @@ def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -
                                 relax_max_atoms=cfg.eval_relax_max_atoms)
     summary = pft_eval.phonon_summary(rows)
     efs = pft_eval.efs_errors(models, holdout)
+    dft_frames = dft_relaxed_frames(cfg, base, base.cutoff)
+    dft = None if dft_frames is None else pft_eval.efs_errors(models, dft_frames)
     relax = None
     if cfg.n_relax_eval and cfg.pseudo_label_structures:
         records = pseudo_label_pool(cfg, base)[1][-cfg.n_relax_eval:]
         relax = pft_eval.relaxation_errors(models, relax_data.make_pairs(records, seed=cfg.seed))
-    report = pft_eval.format_report(summary, efs, relax, cfg.eval_temperature)
+    report = pft_eval.format_report(summary, efs, relax, cfg.eval_temperature, dft_relaxed=dft,
+                                    n_dft_relaxed=0 if dft_frames is None else len(dft_frames.n_atoms))
     groups = {"phonondb test materials": [r for r in rows if r["material"].startswith("mp-")],
               "the phonon_test sets": [r for r in rows if not r["material"].startswith("mp-")]}
     for title, sub in groups.items():
@@ -600,7 +624,7 @@ def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -
     workdir = Path(cfg.workdir)
     atomic_write(workdir / "report.txt", report + "\n")
     blob = {"phonons": rows, "summary": {f"{p}/{m}": d for (p, m), d in summary.items()},
-            "upstream_holdout": efs, "relaxation": relax}
+            "upstream_holdout": efs, "dft_relaxed_holdout": dft, "relaxation": relax}
     atomic_write(workdir / "report.json", json.dumps(blob, indent=1))
     pft_eval.plot_report(rows, workdir / "report.png")
     return report
