@@ -332,7 +332,7 @@ def test_dft_relaxed_frames_measure_errors_against_dft():
                                   max_pseudo_atoms=3)
     train, held = finetune.pseudo_label_pool(cfg, BASE)
     assert not {r.material_id for r in train} & {r.material_id for r in held}
-    frames = finetune.dft_relaxed_frames(cfg, BASE, BASE.cutoff)
+    frames = finetune.dft_relaxed_frames(held, BASE.cutoff)
     assert len(frames.n_atoms) == len(held) > 3
     np.testing.assert_allclose(np.asarray(frames.energy), [r.energy for r in held], rtol=1e-12)
     e_err, f_abs = [], []

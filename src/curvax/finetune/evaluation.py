@@ -34,7 +34,6 @@ from curvax.relax.metrics import relaxation_summary, rms_displacement, volume_er
 from curvax.system import from_atoms
 
 
-
 @eqx.filter_jit
 def _efs_terms(potential, batch):
     """Per-structure E [eV/atom], F [eV/Å], σ [eV/Å³] MAE against the batch's labels."""

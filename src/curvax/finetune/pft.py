@@ -354,24 +354,20 @@ def load_upstream_set(cfg: FinetuneConfig, base_potential, cutoff: float) -> tup
             labelled(test[:cfg.n_holdout], np.random.default_rng([cfg.seed, 1])))
 
 
-def dft_relaxed_frames(cfg: FinetuneConfig, potential, cutoff: float) -> Batch | None:
-    """Forgetting measured against DFT rather than against the base model: every held-out
-    crystal of `pseudo_label_structures` (`pseudo_label_pool`, materials never co-trained on) at
-    its DFT-relaxed geometry, labelled with its DFT total energy [eV] and zero forces and stress
-    (a relaxed structure's), so `evaluation.efs_errors` gives a model's energy error vs DFT
-    [eV/atom] and its residual |F| [eV/Å] and |σ| [eV/Å³] at the DFT minimum. None when the
-    structures carry no DFT energies (a phonondb folder)."""
-    if not cfg.pseudo_label_structures:
-        return None
-    records = [r for r in pseudo_label_pool(cfg, potential)[1] if np.isfinite(r.energy)]
-    if not records:
-        return None
+def dft_relaxed_frames(records, cutoff: float) -> Batch | None:
+    """Forgetting measured against DFT rather than against the base model: DFT-relaxed crystals
+    (`relax.data.RelaxRecord`s; the report passes the held-out ones of `pseudo_label_pool`,
+    materials never co-trained on) at their DFT geometry, labelled with their DFT total energy
+    [eV] and zero forces and stress (a relaxed structure's), so `evaluation.efs_errors` gives a
+    model's energy error vs DFT [eV/atom] and its residual |F| [eV/Å] and |σ| [eV/Å³] at the DFT
+    minimum. Records without a DFT energy are left out; None if none has one (a phonondb folder)."""
     items = []
     for r in records:
-        s = from_atoms(r.atoms)
-        items.append((s, graph_of(s, cutoff, where=r.material_id),
-                      {"energy": r.energy, "forces": np.zeros((len(r.atoms), 3)), "stress": np.zeros(6)}))
-    return batching.stack(batching.pad_all(items))
+        if np.isfinite(r.energy):
+            s = from_atoms(r.atoms)
+            items.append((s, graph_of(s, cutoff, where=r.material_id),
+                          {"energy": r.energy, "forces": np.zeros((len(r.atoms), 3)), "stress": np.zeros(6)}))
+    return batching.stack(batching.pad_all(items)) if items else None
 
 
 def pseudo_label_pool(cfg: FinetuneConfig, potential) -> tuple[list, list]:
@@ -601,12 +597,14 @@ def evaluate(cfg: FinetuneConfig, base, tuned, holdout: Batch, progress=print) -
                                 relax_max_atoms=cfg.eval_relax_max_atoms)
     summary = pft_eval.phonon_summary(rows)
     efs = pft_eval.efs_errors(models, holdout)
-    dft_frames = dft_relaxed_frames(cfg, base, base.cutoff)
-    dft = None if dft_frames is None else pft_eval.efs_errors(models, dft_frames)
-    relax = None
-    if cfg.n_relax_eval and cfg.pseudo_label_structures:
-        records = pseudo_label_pool(cfg, base)[1][-cfg.n_relax_eval:]
-        relax = pft_eval.relaxation_errors(models, relax_data.make_pairs(records, seed=cfg.seed))
+    dft = relax = dft_frames = None
+    if cfg.pseudo_label_structures:
+        held_out = pseudo_label_pool(cfg, base)[1]
+        dft_frames = dft_relaxed_frames(held_out, base.cutoff)
+        dft = None if dft_frames is None else pft_eval.efs_errors(models, dft_frames)
+        if cfg.n_relax_eval:
+            pairs = relax_data.make_pairs(held_out[-cfg.n_relax_eval:], seed=cfg.seed)
+            relax = pft_eval.relaxation_errors(models, pairs)
     report = pft_eval.format_report(summary, efs, relax, cfg.eval_temperature, dft_relaxed=dft,
                                     n_dft_relaxed=0 if dft_frames is None else len(dft_frames.n_atoms))
     groups = {"phonondb test materials": [r for r in rows if r["material"].startswith("mp-")],
