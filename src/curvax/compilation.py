@@ -51,13 +51,13 @@ _loaded: dict[str, object] = {}   # key -> jitted call of the deserialised progr
 XLA_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def set_xla_cpu_flags(flags: dict | None = None) -> str:
-    """Add `flags` (default `XLA_CPU_FLAGS`) to the environment's XLA_FLAGS, each unless the user
-    already set it there. Takes effect only before JAX starts its backend (the command line calls
-    it first); importing curvax changes no JAX setting. Returns the new XLA_FLAGS."""
+def set_xla_cpu_flags() -> str:
+    """Add `XLA_CPU_FLAGS` to the environment's XLA_FLAGS, each unless the user already set it
+    there. Takes effect only before JAX starts its backend (the command line calls it first);
+    importing curvax changes no JAX setting. Returns the new XLA_FLAGS."""
     current = os.environ.get("XLA_FLAGS", "")
     given = {f.lstrip("-").split("=", 1)[0] for f in current.split()}
-    added = [f"--{k}={v}" for k, v in (XLA_CPU_FLAGS if flags is None else flags).items() if k not in given]
+    added = [f"--{k}={v}" for k, v in XLA_CPU_FLAGS.items() if k not in given]
     os.environ["XLA_FLAGS"] = " ".join([current.strip(), *added]).strip()
     return os.environ["XLA_FLAGS"]
 
