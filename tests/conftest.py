@@ -37,6 +37,31 @@ def nequix64(nequix32):
     return nequix32.astype(jnp.float64)
 
 
+@pytest.fixture(scope="session")
+def small_nequix(tmp_path_factory):
+    """A `.nqx` file of Nequix MP's architecture family at toy size (2 layers, 8x0e + 4x1o,
+    lmax 1; Nequix MP's elements and cutoff; random weights): for tests of the fine-tuning
+    machinery (folds, resume, stored models) that need a Nequix model but not its numbers —
+    its third-order programs compile in seconds, the real model's in ≈ 1.5 min."""
+    import json
+
+    from nequix.model import Nequix
+
+    from curvax.potentials.nequix import ARCHITECTURE_KEYS, NequixPotential
+
+    if not NEQUIX_MP.is_file():
+        pytest.skip(f"{NEQUIX_MP} missing")
+    with open(NEQUIX_MP, "rb") as f:
+        config = json.loads(f.readline().decode())
+    config.update(hidden_irreps="8x0e + 4x1o", lmax=1, n_layers=2, radial_basis_size=4, radial_mlp_size=8,
+                  radial_mlp_layers=1)
+    keys = [k for k in ARCHITECTURE_KEYS if k != "atomic_numbers"]
+    with jax.enable_x64(False):
+        model = Nequix(key=jax.random.key(7), n_species=len(config["atomic_numbers"]), kernel=False,
+                       **{k: config[k] for k in keys})
+        return NequixPotential(model, config).save(tmp_path_factory.mktemp("small_nequix") / "small.nqx")
+
+
 # Every compiled XLA program keeps its JIT-linked code mapped (a few memory maps per kernel; the
 # Nequix fine-tuning CLI test alone reached 24 000). Over the whole suite they exceeded the
 # kernel's vm.max_map_count (65530) and XLA crashed (SIGSEGV/SIGABRT) while compiling the Nequix

@@ -53,17 +53,18 @@ def test_cross_validation_refuses_restart_and_one_fold(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_cross_validation_cli_end_to_end(tmp_path, capsys):
+def test_cross_validation_cli_end_to_end(tmp_path, capsys, small_nequix):
     """Two folds of two materials: each fold's model is trained on the other material only and
     scored on its own; a second call resumes from the stored rows (no training); rows missing
     are scored with the stored models, identical to the first scoring (no training); a changed
     recipe is refused naming the setting and the folder to delete; the stored report belongs to
-    this recipe only."""
+    this recipe only. A toy-size Nequix (`small_nequix`): the machinery, not the model's numbers,
+    is under test here (the real model's CLI run: test_pft.py)."""
     from curvax.cli import main
 
     cfg = tmp_path / "pft.yaml"
     cfg.write_text(f"""
-model: {NEQUIX_MP}
+model: {small_nequix}
 workdir: {tmp_path / 'run'}
 phonon_train: [{PHONONS / 'Cr'}, {PHONONS / 'spacegroups' / 'POSCAR_P-62m'}]
 pseudo_label_structures: {RELAX / 'wbm-random-pbe52-equilibrium-2025.1.json.gz'}

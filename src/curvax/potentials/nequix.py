@@ -173,9 +173,7 @@ def _template(config: dict):
     computations on CPU; `eqx.filter_eval_shape` only traces it (≈ 1 s; same tree, tested)."""
     Nequix = _nequix_model().Nequix
 
-    keys = ("hidden_irreps", "lmax", "cutoff", "n_layers", "radial_basis_size", "radial_mlp_size",
-            "radial_mlp_layers", "radial_polynomial_p", "mlp_init_scale", "index_weights", "layer_norm",
-            "shift", "scale", "avg_n_neighbors")
+    keys = [k for k in ARCHITECTURE_KEYS if k != "atomic_numbers"]
     return eqx.filter_eval_shape(lambda: Nequix(key=jax.random.key(0), n_species=len(config["atomic_numbers"]),
                                                 kernel=False, **{k: config[k] for k in keys}))
 
