@@ -45,9 +45,7 @@ def small_nequix(tmp_path_factory):
     its third-order programs compile in seconds, the real model's in ≈ 1.5 min."""
     import json
 
-    from nequix.model import Nequix
-
-    from curvax.potentials.nequix import ARCHITECTURE_KEYS, NequixPotential
+    from curvax.potentials.nequix import NequixPotential, initialised
 
     if not NEQUIX_MP.is_file():
         pytest.skip(f"{NEQUIX_MP} missing")
@@ -55,10 +53,8 @@ def small_nequix(tmp_path_factory):
         config = json.loads(f.readline().decode())
     config.update(hidden_irreps="8x0e + 4x1o", lmax=1, n_layers=2, radial_basis_size=4, radial_mlp_size=8,
                   radial_mlp_layers=1)
-    keys = [k for k in ARCHITECTURE_KEYS if k != "atomic_numbers"]
     with jax.enable_x64(False):
-        model = Nequix(key=jax.random.key(7), n_species=len(config["atomic_numbers"]), kernel=False,
-                       **{k: config[k] for k in keys})
+        model = initialised(config, jax.random.key(7))
         return NequixPotential(model, config).save(tmp_path_factory.mktemp("small_nequix") / "small.nqx")
 
 

@@ -171,11 +171,14 @@ def _template(config: dict):
     """The Nequix module of `config` with shapes in place of weights, to read a file's weights
     into: `nequix.model.load_model` builds it by a random initialisation, 5–7 s of small eager
     computations on CPU; `eqx.filter_eval_shape` only traces it (≈ 1 s; same tree, tested)."""
-    Nequix = _nequix_model().Nequix
+    return eqx.filter_eval_shape(lambda: initialised(config, jax.random.key(0)))
 
-    keys = [k for k in ARCHITECTURE_KEYS if k != "atomic_numbers"]
-    return eqx.filter_eval_shape(lambda: Nequix(key=jax.random.key(0), n_species=len(config["atomic_numbers"]),
-                                                kernel=False, **{k: config[k] for k in keys}))
+
+def initialised(config: dict, key):
+    """A `nequix.model.Nequix` of `config`'s architecture (`ARCHITECTURE_KEYS`) with nequix's
+    own random initialisation (eager: seconds for Nequix MP's size on CPU)."""
+    return _nequix_model().Nequix(key=key, n_species=len(config["atomic_numbers"]), kernel=False,
+                                  **{k: config[k] for k in ARCHITECTURE_KEYS if k != "atomic_numbers"})
 
 
 _STATIC_TEMPLATES: dict = {}
