@@ -152,7 +152,7 @@ def test_rematerialised_phonon_gradient_equals_the_plain_one(small_nequix):
 
     g = graph_of(s, model.cutoff)
     st = pad_structure(s, g, 8, int(np.sum(np.asarray(g.mask))))
-    fc = jnp.zeros((8, 8, 3, 3), jnp.float32).at[jnp.arange(8), jnp.arange(8)].set(3.0 * jnp.eye(3))
+    fc = jnp.zeros((8, 8, 3, 3), jnp.float32).at[jnp.arange(8), jnp.arange(8)].set(3.0 * jnp.eye(3, dtype=jnp.float32))
     key = jax.random.PRNGKey(3)
 
     from jax._src.ad_checkpoint import saved_residuals  # jax pinned in pyproject.toml
