@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvax.batch import common_shape, map_in_chunks
-from curvax.finetune.losses import EFSWeights, efs_loss
+from curvax.finetune.losses import EFSWeights, efs_terms
 from curvax.io import atomic_write
 from curvax.phonons.convert import atoms_to_phonopy, phonopy_to_atoms
 from curvax.phonons.data import dataset_name, load_phonopy_dataset
@@ -37,7 +37,7 @@ from curvax.system import from_atoms
 @eqx.filter_jit
 def _efs_terms(potential, batch):
     """Per-structure E [eV/atom], F [eV/Å], σ [eV/Å³] MAE against the batch's labels."""
-    return eqx.filter_vmap(lambda s: efs_loss(potential, s, EFSWeights(), "mae")[1])(batch)
+    return efs_terms(potential, batch, EFSWeights(), "mae")[1]
 
 PROPERTY_UNITS = {"max_frequency": "THz", "entropy": "J/K/mol", "free_energy": "kJ/mol",
                   "heat_capacity": "J/K/mol"}

@@ -114,9 +114,14 @@ def efs_loss(potential, s: Batch, w: EFSWeights, kind: str = "mae"):
     return total, {"energy": e_err, "forces": f_err, "stress": s_err}
 
 
+def efs_terms(potential, batch: Batch, w: EFSWeights, kind: str = "mae"):
+    """Per-structure (L_EFS, {"energy", "forces", "stress"} terms) over a batch (vmapped)."""
+    return eqx.filter_vmap(lambda s: efs_loss(potential, s, w, kind))(batch)
+
+
 def batch_efs_loss(potential, batch: Batch, w: EFSWeights, kind: str = "mae"):
     """Mean L_EFS over a batch (vmapped)."""
-    tot, terms = eqx.filter_vmap(lambda s: efs_loss(potential, s, w, kind))(batch)
+    tot, terms = efs_terms(potential, batch, w, kind)
     return jnp.mean(tot), {k: jnp.mean(v) for k, v in terms.items()}
 
 
