@@ -1,8 +1,11 @@
 """PFT benchmark: cost of a phonon training step vs an E/F/σ training step on the same batch,
-structures/s, and peak memory of the sampled-HVP loss vs the dense-Hessian loss.
+structures/s, peak memory of the sampled-HVP loss vs the dense-Hessian loss, and (optional)
+the gradient noise per CPU-second of the probe schemes.
 
     .venv/bin/python benchmarks/bench_pft.py                 # defaults (2-core CPU: ≈ 20 min, mostly compiling)
     .venv/bin/python benchmarks/bench_pft.py --atoms 64 --batch 4 --memory-sizes 8 16 32 64 128
+    .venv/bin/python benchmarks/bench_pft.py --atoms 0 --memory-sizes --probe-ablation 4 --ablation-materials 48
+                                                             # (3) only (2-core CPU: ≈ 35 min)
 
 (1) one optimizer update of Nequix MP (float32, jit, median after compilation) on a batch of
     rattled Si supercells:
@@ -13,10 +16,22 @@ structures/s, and peak memory of the sampled-HVP loss vs the dense-Hessian loss.
     Hessian loss: sampled (one HVP), sampled with the interaction blocks rematerialised
     (`potential.rematerialised()`, target ≤ 1.5 GB at 64 atoms) and dense (jax.hessian, 3N
     columns, only up to `--dense-max-atoms`), vs supercell size.
+(3) `--probe-ablation R`: gradient noise per CPU-second of the probe schemes (unit columns /
+    Gaussian probes, probes per structure) on the main job's own training data (phonondb unit
+    cells ≤ `--ablation-atoms` atoms, DFT force constants folded onto them, Nequix MP, MAE
+    Hessian loss × 100 as shipped). For every structure of the pool, R probe draws of the
+    parameter gradient g (one structure per call): the time per structure t (median wall,
+    compilation excluded), the probe noise V_probe and the structure-sampling noise V_structure
+    (`gradient_noise`), relative to ‖ḡ‖². A step of B structures has relative variance ν / B,
+    ν = (V_probe + V_structure) / ‖ḡ‖², and costs ≈ B·t, so ν·t — whatever B — is the CPU time
+    a scheme needs to average its gradient noise down to its own gradient's size: the smaller,
+    the more signal per CPU-second. Unit and Gaussian probes have different means (unit: the
+    dense-Hessian MAE; Gaussian: E|(H − Φ)v|); cos(ḡ_unit, ḡ_Gauss) says how far they agree.
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -24,9 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ase.build import bulk
+from jax.flatten_util import ravel_pytree
 
 from bench_core import timeit_interleaved
 from curvax import batch as batching
+from curvax import compilation
 from curvax.finetune import efs_data, training
 from curvax.batch import graph_of
 from curvax.hessian import hessian
@@ -35,6 +52,7 @@ from curvax.potentials import load_potential
 from curvax.system import from_atoms
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "nequix-mp-1.nqx"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pft-nequix-mp.yaml"
 
 
 def si_batch(pot, n_atoms, n_structures, seed=0):
@@ -105,6 +123,91 @@ def bench_memory(pot, sizes, dense_max_atoms=16):
               f"{r / a:10.2f} {b / 2**20:10.1f} {b / a:10.1f}")
 
 
+ABLATION_SCHEMES = (("unit", 1), ("unit", 2), ("random", 1), ("random", 2), ("random", 4))  # (probe, probes)
+
+
+def ablation_pool(pot, max_atoms, n_materials, config=DEFAULT_CONFIG):
+    """The first `n_materials` training unit cells (≤ `max_atoms` atoms) of the main job's
+    split, one padded bucket, with their folded DFT force constants."""
+    from curvax.config import load_config
+    from curvax.finetune import pft
+
+    cfg = load_config(config, pft.FinetuneConfig)
+    paths = pft.data_split(cfg, pot.elements)["train"]
+    for window in (4 * n_materials, 16 * n_materials, len(paths)):  # read no more archives than needed
+        try:
+            names, (bucket,) = pft.load_phonon_training_set(paths[:window], pot.cutoff, max_atoms, pot,
+                                                            cell="unitcell")
+        except ValueError:  # none that small among them
+            if window >= len(paths):
+                raise
+            continue
+        if len(names) >= n_materials or window >= len(paths):
+            break
+    keep = np.arange(min(n_materials, len(names)))
+    return [names[k] for k in keep], batching.take(bucket.structures, keep), jnp.asarray(bucket.fc[keep], jnp.float32)
+
+
+def gradient_noise(gs):
+    """Noise of a stochastic gradient over a finite pool: `gs` (S structures, R probe draws, P
+    parameters) -> (‖ḡ‖², V_probe, V_structure): ḡ the pool's mean gradient, V_probe the mean
+    over structures of E_v‖g(s, v) − ḡ(s)‖² (one draw), V_structure the pool variance of the
+    per-structure means ḡ(s) (less their V_probe / R sampling part). A step of batch B with
+    structures drawn from the pool has E‖g − ḡ‖² = (V_structure + V_probe) / B."""
+    s, r = gs.shape[:2]
+    per = gs.mean(1)
+    v_probe = float(np.sum((gs - per[:, None]) ** 2) / (s * (r - 1)))
+    mean = per.mean(0)
+    v_struct = float(np.sum((per - mean) ** 2) / s) - v_probe / r
+    return float(mean @ mean), v_probe, v_struct
+
+
+def bench_probe_ablation(pot, draws, max_atoms, n_materials, seed=0):
+    names, pool, fc = ablation_pool(pot, max_atoms, n_materials)
+    n_pool = fc.shape[0]
+    print(f"== probe ablation: {n_pool} phonondb training unit cells ≤ {max_atoms} atoms "
+          f"(padded to {pool.system.positions.shape[1]} atoms / {pool.graph.mask.shape[1]} edges), "
+          f"Nequix float32, MAE Hessian loss × 100, {draws} probe draws per structure, one structure per "
+          f"call, {jax.default_backend()}")
+    params, static = eqx.partition(pot, eqx.is_inexact_array)
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_pool * draws)
+    rows, means = [], {}
+    for mode, n_probes in ABLATION_SCHEMES:
+        @eqx.filter_jit
+        def grad(p, b, f, key, mode=mode, n_probes=n_probes):
+            return jax.grad(lambda q: batch_phonon_loss(eqx.combine(q, static), b, f, key, 100.0,
+                                                        EFSWeights(0.0, 0.0, 0.0), mode, "mae", n_probes)[0])(p)
+
+        jax.block_until_ready(grad(params, batching.take(pool, np.array([0])), fc[:1], keys[0]))  # compile
+        gs, ts = np.zeros((n_pool, draws, ravel_pytree(params)[0].size)), []
+        for i in range(n_pool):
+            b, f = batching.take(pool, np.array([i])), fc[i:i + 1]
+            for r in range(draws):
+                t = time.perf_counter()
+                g = jax.block_until_ready(grad(params, b, f, keys[i * draws + r]))
+                ts.append(time.perf_counter() - t)
+                gs[i, r] = np.asarray(ravel_pytree(g)[0], np.float64)
+        signal, v_probe, v_struct = gradient_noise(gs)
+        t = float(np.median(ts))
+        means[(mode, n_probes)] = gs.mean((0, 1))
+        jack = np.array([(vp + vs) / sig for sig, vp, vs in
+                         (gradient_noise(np.delete(gs, i, 0)) for i in range(n_pool))])  # leave one structure out
+        err = float(np.sqrt((n_pool - 1) * np.mean((jack - jack.mean()) ** 2)))
+        rows.append((mode, n_probes, t, v_probe / signal, v_struct / signal, err))
+        print(f"  {mode:6s} × {n_probes}: {t:5.2f} s per structure, V_probe/‖ḡ‖² {v_probe / signal:7.2f}, "
+              f"V_structure/‖ḡ‖² {v_struct / signal:7.2f} (ν ± {err:.2f}, jackknife over structures)", flush=True)
+    print("  ν = (V_structure + V_probe) / ‖ḡ‖² per structure of a step (a batch of B divides it by B);\n"
+          "  ν·t: CPU-seconds of steps to average the gradient noise down to the gradient's size")
+    ref = next(r for r in rows if r[:2] == ("random", 2))
+    print(f"  {'probe':6s} {'probes':>6s} {'s/structure':>11s} {'V_probe':>8s} {'V_struct':>8s} {'ν':>14s} "
+          f"{'ν·t s':>7s} {'ν·t / shipped':>14s}")
+    for mode, k, t, vp, vs, err in rows:
+        print(f"  {mode:6s} {k:6d} {t:11.2f} {vp:8.2f} {vs:8.2f} {vp + vs:7.2f} ± {err:4.2f} {(vp + vs) * t:7.2f} "
+              f"{(vp + vs) * t / ((ref[3] + ref[4]) * ref[2]):14.2f}")
+    u, g = means[("unit", 2)], means[("random", 4)]  # the most probes of each kind: the least noisy means
+    print(f"  cos(mean gradient, unit columns vs Gaussian probes) = {u @ g / np.sqrt((u @ u) * (g @ g)):.3f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(DEFAULT_MODEL))
@@ -114,12 +217,20 @@ def main(argv=None):
     p.add_argument("--dense-max-atoms", type=int, default=16)
     p.add_argument("--remat", action="store_true", help="time the steps with rematerialised interaction blocks")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--probe-ablation", type=int, default=0, metavar="R",
+                   help="(3): gradient noise per CPU-second of the probe schemes, R probe draws per structure (0: skip)")
+    p.add_argument("--ablation-atoms", type=int, default=8, help="(3): unit cells of at most this many atoms")
+    p.add_argument("--ablation-materials", type=int, default=24, help="(3): the pool of training unit cells")
     args = p.parse_args(argv)
+    if args.probe_ablation:
+        compilation.set_xla_cpu_flags()  # as the command line runs the main job
     pot = load_potential(args.model)
     if args.atoms:
         bench_steps(pot.rematerialised(args.remat), args.atoms, args.batch, args.repeat)
     if args.memory_sizes:
         bench_memory(pot, args.memory_sizes, args.dense_max_atoms)
+    if args.probe_ablation:
+        bench_probe_ablation(pot, args.probe_ablation, args.ablation_atoms, args.ablation_materials)
     return 0
 
 
