@@ -133,18 +133,16 @@ def ablation_pool(pot, max_atoms, n_materials, config=DEFAULT_CONFIG):
     from curvax.finetune import pft
 
     cfg = load_config(config, pft.FinetuneConfig)
-    paths = pft.data_split(cfg, pot.elements)["train"]
-    for window in (4 * n_materials, 16 * n_materials, len(paths)):  # read no more archives than needed
-        try:
-            names, (bucket,) = pft.load_phonon_training_set(paths[:window], pot.cutoff, max_atoms, pot,
-                                                            cell="unitcell")
-        except ValueError:  # none that small among them
-            if window >= len(paths):
-                raise
-            continue
-        if len(names) >= n_materials or window >= len(paths):
-            break
-    keep = np.arange(min(n_materials, len(names)))
+    paths = pft.data_split(cfg, pot.elements)["train"][: 4 * n_materials]  # read no more archives than needed
+    try:
+        names, (bucket,) = pft.load_phonon_training_set(paths, pot.cutoff, max_atoms, pot, cell="unitcell")
+    except ValueError:  # none that small among them
+        names = []
+    if len(names) < n_materials:
+        raise ValueError(f"{config}: {len(names)} training unit cells ≤ {max_atoms} atoms among its first "
+                         f"{len(paths)} training materials, need --ablation-materials {n_materials}: "
+                         "raise --ablation-atoms or lower --ablation-materials")
+    keep = np.arange(n_materials)
     return [names[k] for k in keep], batching.take(bucket.structures, keep), jnp.asarray(bucket.fc[keep], jnp.float32)
 
 
@@ -222,6 +220,8 @@ def main(argv=None):
     p.add_argument("--ablation-atoms", type=int, default=8, help="(3): unit cells of at most this many atoms")
     p.add_argument("--ablation-materials", type=int, default=24, help="(3): the pool of training unit cells")
     args = p.parse_args(argv)
+    if args.probe_ablation and (args.probe_ablation < 2 or args.ablation_materials < 2):
+        p.error("--probe-ablation and --ablation-materials must be ≥ 2 (variances over draws and structures)")
     if args.probe_ablation:
         compilation.set_xla_cpu_flags()  # as the command line runs the main job
     pot = load_potential(args.model)
