@@ -3,7 +3,7 @@ structures/s, peak memory of the sampled-HVP loss vs the dense-Hessian loss, and
 the gradient noise per CPU-second of the probe schemes.
 
     .venv/bin/python benchmarks/bench_pft.py                 # defaults (2-core CPU: ≈ 20 min, mostly compiling)
-    .venv/bin/python benchmarks/bench_pft.py --atoms 64 --batch 4 --memory-sizes 8 16 32 64 128
+    .venv/bin/python benchmarks/bench_pft.py --atoms 128 --batch 4 --remat-edges 128 --memory-sizes 64 128 --plain-max-atoms 0
     .venv/bin/python benchmarks/bench_pft.py --atoms 0 --memory-sizes --probe-ablation 4 --ablation-materials 48
                                                              # (3) only (2-core CPU: ≈ 35 min)
 
@@ -12,10 +12,11 @@ the gradient noise per CPU-second of the probe schemes.
       EFS step     grad_θ [L_EFS]                         (forces + stress by the strain route)
       phonon step  grad_θ [100·L_H(one HVP) + 20·L_F]      (forces from the HVP's primal pass)
     target: phonon / EFS ≤ 2.5.
-(2) compiled peak temporary memory (XLA memory analysis) of grad_θ of the per-structure
-    Hessian loss: sampled (one HVP), sampled with the interaction blocks rematerialised
-    (`potential.rematerialised()`, target ≤ 1.5 GB at 64 atoms) and dense (jax.hessian, 3N
-    columns, only up to `--dense-max-atoms`), vs supercell size.
+(2) compiled peak memory (XLA memory analysis, temporary + output) and wall time of grad_θ of
+    the per-structure Hessian loss: sampled (one HVP), plain (up to `--plain-max-atoms`) and
+    with the edge messages rematerialised in chunks (`potential.rematerialised()`, target
+    ≤ 1.5 GB at 64 atoms), and dense (jax.hessian, 3N columns, up to `--dense-max-atoms`),
+    vs supercell size.
 (3) `--probe-ablation R`: gradient noise per CPU-second of the probe schemes (unit columns /
     Gaussian probes, probes per structure) on the main job's own training data (phonondb unit
     cells ≤ `--ablation-atoms` atoms, DFT force constants folded onto them, Nequix MP, MAE
@@ -31,6 +32,7 @@ the gradient noise per CPU-second of the probe schemes.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from pathlib import Path
 
@@ -49,14 +51,16 @@ from curvax.batch import graph_of
 from curvax.hessian import hessian
 from curvax.finetune.losses import (EFSWeights, batch_efs_loss, batch_phonon_loss, dense_hessian_loss, hessian_column_loss)
 from curvax.potentials import load_potential
+from curvax.potentials.base import REMAT_EDGE_CHUNK
 from curvax.system import from_atoms
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "shared" / "models" / "nequix-mp-1.nqx"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pft-nequix-mp.yaml"
 
 
-def si_batch(pot, n_atoms, n_structures, seed=0):
-    """Rattled Si supercells of about n_atoms atoms, labelled by `pot` itself, with FC targets."""
+def si_batch(pot, n_atoms, n_structures, seed=0, fc_scale=1.0):
+    """Rattled Si supercells of about n_atoms atoms, labelled by `pot` itself, with FC targets:
+    `fc_scale` × `pot`'s own Hessian (0: zero targets, without computing the Hessian)."""
     unit = bulk("Si", "diamond", a=5.43, cubic=n_atoms % 8 == 0)
     m = max(1, n_atoms // len(unit))  # unit cells, as a near-cubic a×b×c = m
     reps = min(((a, b, m // (a * b)) for a in range(1, m + 1) for b in range(a, m + 1) if m % (a * b) == 0
@@ -68,12 +72,15 @@ def si_batch(pot, n_atoms, n_structures, seed=0):
         s = from_atoms(atoms, dtype=jnp.float32)
         items.append((s, graph_of(s, pot.cutoff), {}))
     b = efs_data.pseudo_label(pot, batching.stack(batching.pad_all(items)))
+    if not fc_scale:
+        n = b.system.positions.shape[1]
+        return b, jnp.zeros((n_structures, n, n, 3, 3), b.system.positions.dtype)
     fc = jnp.stack([hessian(pot, batching.take(b, k).system, batching.take(b, k).graph) for k in range(n_structures)])
-    return b, fc
+    return b, fc_scale * fc
 
 
 def bench_steps(pot, n_atoms, n_structures, repeat):
-    batch, fc = si_batch(pot, n_atoms, n_structures)
+    batch, fc = si_batch(pot, n_atoms, n_structures, fc_scale=1.0 if n_atoms <= 32 else 0.0)  # timing: any target
     opt = training.make_optimizer(training.OptimizerConfig(learning_rate=1e-5))
     state, static = training.init_state(pot, opt)
     efs = training.make_update(lambda m, b, k: batch_efs_loss(m, b, EFSWeights(500.0, 200.0, 50.0)), opt)
@@ -88,39 +95,53 @@ def bench_steps(pot, n_atoms, n_structures, repeat):
     for k, (tk, first) in t.items():
         print(f"  {k:12s} {tk * 1e3:9.1f} ms  (first call {first:5.1f} s)   {n_structures / tk:7.2f} structures/s")
     ratio = t["phonon step"][0] / t["EFS step"][0]
-    print(f"  phonon step / EFS step = {ratio:.2f}   (target ≤ 2.5)")
+    print(f"  phonon step / EFS step = {ratio:.2f}   (target ≤ 2.5);  peak RSS of the process so far "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB")
     return ratio
 
 
-def peak_bytes(fn, *args):
-    """Temporary + output bytes of the compiled `fn(*args)` (XLA memory analysis)."""
-    m = jax.jit(fn).lower(*args).compile().memory_analysis()
-    return m.temp_size_in_bytes + m.output_size_in_bytes
+def compiled_peak(fn, *args):
+    """(compiled `fn`, its temporary + output bytes by XLA's memory analysis)."""
+    c = jax.jit(fn).lower(*args).compile()
+    m = c.memory_analysis()
+    return c, m.temp_size_in_bytes + m.output_size_in_bytes
 
 
-def bench_memory(pot, sizes, dense_max_atoms=16):
-    print("== memory of grad_θ of the Hessian loss per structure (compiled temp + output)")
-    print(f"  {'atoms':>6} {'edges':>7} {'HVP MiB':>9} {'HVP remat MiB':>14} {'remat/HVP':>10} "
-          f"{'dense MiB':>10} {'dense/HVP':>10}")
-    params, static = eqx.partition(pot, eqx.is_inexact_array)
-    static_remat = eqx.partition(pot.rematerialised(), eqx.is_inexact_array)[1]
+def bench_memory(pot, sizes, dense_max_atoms=16, plain_max_atoms=32, edge_chunk=REMAT_EDGE_CHUNK, repeat=3):
+    print(f"== grad_θ of the Hessian loss per structure (one sampled HVP): compiled peak (temp + output) and "
+          f"median wall of {repeat} calls; remat: edge messages {edge_chunk} at a time under jax.checkpoint")
+    print(f"  {'atoms':>6} {'edges':>7} {'plain MiB':>10} {'remat MiB':>10} {'remat/plain':>12} {'plain s':>8} "
+          f"{'remat s':>8} {'remat compile s':>16} {'dense MiB':>10}")
     key = jax.random.PRNGKey(0)
     for n in sizes:
-        batch, fc = si_batch(pot, n, 1)
+        # a target the model misses (a gradient of size); zero beyond the dense size (its Hessian
+        # alone took 17 GB at 128 atoms): the cost does not depend on the target's values
+        batch, fc = si_batch(pot, n, 1, fc_scale=0.9 if n <= max(dense_max_atoms, plain_max_atoms) else 0.0)
         s, f = batching.take(batch, 0), fc[0]
-
-        def sampled(p, static=static):
-            return jax.grad(lambda q: hessian_column_loss(eqx.combine(q, static), s, f, key))(p)
-
-        def dense(p):
-            return jax.grad(lambda q: dense_hessian_loss(eqx.combine(q, static), s, f, "mae"))(p)
-
-        a = peak_bytes(sampled, params)
-        r = peak_bytes(lambda p: sampled(p, static_remat), params)
         n_atoms = s.system.positions.shape[0]
-        b = peak_bytes(dense, params) if n_atoms <= dense_max_atoms else float("nan")
-        print(f"  {n_atoms:6d} {int(np.sum(np.asarray(s.graph.mask))):7d} {a / 2**20:9.1f} {r / 2**20:14.1f} "
-              f"{r / a:10.2f} {b / 2**20:10.1f} {b / a:10.1f}")
+        row = {}
+        for name, model in (("plain", pot), ("remat", pot.rematerialised(edge_chunk))):
+            if name == "plain" and n_atoms > plain_max_atoms:
+                continue
+            params, static = eqx.partition(model, eqx.is_inexact_array)
+            t0 = time.perf_counter()
+            c, peak = compiled_peak(jax.grad(lambda q, st=static: hessian_column_loss(eqx.combine(q, st), s, f, key)),
+                                    params)
+            compile_s = time.perf_counter() - t0
+            jax.block_until_ready(c(params))
+            wall = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                jax.block_until_ready(c(params))
+                wall.append(time.perf_counter() - t0)
+            row[name] = (peak / 2**20, float(np.median(wall)), compile_s)
+        if n_atoms <= dense_max_atoms:
+            params, static = eqx.partition(pot, eqx.is_inexact_array)
+            dense = compiled_peak(jax.grad(lambda q: dense_hessian_loss(eqx.combine(q, static), s, f, "mae")), params)[1]
+        plain = row.get("plain", (float("nan"),) * 3)
+        print(f"  {n_atoms:6d} {int(np.sum(np.asarray(s.graph.mask))):7d} {plain[0]:10.1f} {row['remat'][0]:10.1f} "
+              f"{row['remat'][0] / plain[0]:12.2f} {plain[1]:8.2f} {row['remat'][1]:8.2f} {row['remat'][2]:16.0f} "
+              f"{dense / 2**20 if n_atoms <= dense_max_atoms else float('nan'):10.1f}", flush=True)
 
 
 ABLATION_SCHEMES = (("unit", 1), ("unit", 2), ("random", 1), ("random", 2), ("random", 4))  # (probe, probes)
@@ -213,7 +234,10 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--memory-sizes", type=int, nargs="*", default=[2, 8, 16])
     p.add_argument("--dense-max-atoms", type=int, default=16)
-    p.add_argument("--remat", action="store_true", help="time the steps with rematerialised interaction blocks")
+    p.add_argument("--plain-max-atoms", type=int, default=32,
+                   help="(2): the plain program only up to this size (its third-order compile grows with the edges)")
+    p.add_argument("--remat-edges", type=int, default=0, metavar="N",
+                   help="(1): time the steps with the edge messages N at a time under jax.checkpoint (0: plain)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--probe-ablation", type=int, default=0, metavar="R",
                    help="(3): gradient noise per CPU-second of the probe schemes, R probe draws per structure (0: skip)")
@@ -226,9 +250,9 @@ def main(argv=None):
         compilation.set_xla_cpu_flags()  # as the command line runs the main job
     pot = load_potential(args.model)
     if args.atoms:
-        bench_steps(pot.rematerialised(args.remat), args.atoms, args.batch, args.repeat)
+        bench_steps(pot.rematerialised(args.remat_edges), args.atoms, args.batch, args.repeat)
     if args.memory_sizes:
-        bench_memory(pot, args.memory_sizes, args.dense_max_atoms)
+        bench_memory(pot, args.memory_sizes, args.dense_max_atoms, args.plain_max_atoms)
     if args.probe_ablation:
         bench_probe_ablation(pot, args.probe_ablation, args.ablation_atoms, args.ablation_materials)
     return 0

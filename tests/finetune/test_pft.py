@@ -124,7 +124,8 @@ def test_config_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     for line, message in (("learning_rate: 1", "unknown config keys.*learning_rate"),
                           ("optimizer: {lr: 1}", "unknown optimizer keys.*lr"),
-                          ("remat: 'yes'", "bad.yaml: remat must be true or false"),
+                          ("remat_edges: true", "bad.yaml: remat_edges must be int"),
+                          ("remat_edges: -1", "bad.yaml: remat_edges must be ≥ 0"),
                           ("phonon_geometry: relaxed", "bad.yaml: phonon_geometry must be one of"),
                           ("phonon_cell: primitive", "bad.yaml: phonon_cell must be one of"),
                           ("model_volume_fraction: 2", "bad.yaml: model_volume_fraction must be in"),

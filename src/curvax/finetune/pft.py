@@ -100,8 +100,8 @@ class FinetuneConfig:
     phonon_shape_buckets: int = 1  # pad the training structures to this many shapes by edge count (one compiled
     # phonon step each; `batch.size_buckets`): less padding per step for more compilations
     model_volume_fraction: float = 1.0  # model_volume only: lattice × s**fraction (s: the model's zero-pressure scale)
-    remat: bool = False  # recompute each interaction block in the phonon step's backward pass (same gradient; fewer
-    # stored residuals, but XLA's CPU peak was measured higher: benchmarks/README.md)
+    remat_edges: int = 0  # > 0: the phonon step computes each interaction block's edge messages this many edges at a
+    # time under jax.checkpoint (`Potential.rematerialised`): peak memory bounded by the chunk, same gradient (128: benchmarks)
     select_best: bool = True  # write the EMA weights of the best validation score
     max_force_drift: float = 0.010  # eV/Å: a model drifting more on held-out upstream frames is not selected
     upstream_files: list = path_field(default_factory=list)  # extxyz / .db / vasprun.xml
@@ -150,7 +150,7 @@ class FinetuneConfig:
             raise ValueError(f"{where}: model_volume_fraction must be in [0, 1], got {self.model_volume_fraction!r}")
         at_least(where, self, 1, "steps", "phonon_batch_size", "upstream_batch_size", "n_probes", "checkpoint_every",
                  "max_phonon_atoms", "phonondb_max_atoms", "n_pseudo", "max_pseudo_atoms", "phonon_shape_buckets")
-        at_least(where, self, 0, "upstream_steps_per_phonon_step", "eval_every", "n_holdout", "n_relax_eval",
+        at_least(where, self, 0, "upstream_steps_per_phonon_step", "remat_edges", "eval_every", "n_holdout", "n_relax_eval",
                  "n_phonondb_test", "n_phonondb_validation", "n_phonondb_train", "eval_relax_max_atoms",
                  "phonondb_eval_max_displacements", "phonondb_eval_max_atoms", "rattle", "strain", "w_hessian", "seed")
         if not 0 <= self.ema_decay < 1:
@@ -398,7 +398,7 @@ def make_step_fn(cfg: FinetuneConfig, phonon: list[PhononBucket], upstream: Batc
 
     def phonon_loss(model, b, key):
         batch, fcb = b
-        return batch_phonon_loss(model.rematerialised(cfg.remat), batch, fcb, key, cfg.w_hessian, w_ph,
+        return batch_phonon_loss(model.rematerialised(cfg.remat_edges), batch, fcb, key, cfg.w_hessian, w_ph,
                                  cfg.hessian_sampling, cfg.loss, cfg.n_probes)
 
     def upstream_loss(model, batch, key):

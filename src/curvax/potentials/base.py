@@ -9,6 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
+REMAT_EDGE_CHUNK = 128  # edges per rematerialised chunk (benchmarks/README.md: "Edge-chunked rematerialisation")
+
+
 class Potential(eqx.Module):
     """Base class: an equinox Module (a pytree) whose floating leaves are its parameters.
 
@@ -29,10 +32,11 @@ class Potential(eqx.Module):
     def __call__(self, r_ij, numbers, senders, receivers):
         raise NotImplementedError
 
-    def rematerialised(self, on: bool = True) -> "Potential":
-        """A copy that recomputes its internals in reverse passes instead of storing them
-        (`jax.checkpoint`), for memory-bound higher-order AD; the same numbers. Potentials
-        without layers have nothing to recompute and return themselves."""
+    def rematerialised(self, edge_chunk: int = REMAT_EDGE_CHUNK) -> "Potential":
+        """A copy that works through its edges `edge_chunk` at a time and recomputes them in
+        reverse passes instead of storing them (`jax.checkpoint`; 0: the plain potential), for
+        memory-bound higher-order AD (grad_θ of an HVP); the same function. Pair potentials
+        have nothing worth recomputing and return themselves."""
         return self
 
     def astype(self, dtype):

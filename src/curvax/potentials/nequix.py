@@ -22,31 +22,35 @@ import jax.numpy as jnp
 import numpy as np
 
 from curvax.io import atomic_write
-from curvax.potentials.base import Potential, cast_floats
+from curvax.potentials.base import REMAT_EDGE_CHUNK, Potential, cast_floats
+
 
 class NequixPotential(Potential):
     """Per-atom energies from a Nequix model. `model` is the trainable pytree.
 
-    With `remat` every interaction block runs under `jax.checkpoint`: reverse passes keep only
-    the block inputs and recompute the block's internals. Same numbers either way. For grad_θ
-    of an HVP (the phonon fine-tuning loss) this cuts the residuals JAX stores by ≈ 63 %, but
-    XLA's compiled peak on CPU was measured *higher* (benchmarks/README.md): the working set of
-    one block's third-order backward pass dominates, so it is off by default."""
+    With `remat_edges` = n > 0 (`rematerialised(n)`) each interaction block computes its edge
+    messages n edges at a time under `jax.checkpoint` and adds them onto the receivers chunk by
+    chunk (`_edge_chunked_node_energies`): reverse passes keep each chunk's inputs and the
+    running sums and recompute the chunk, so the working set of grad_θ of an HVP (third-order
+    AD, the phonon fine-tuning loss) is bounded by n edges instead of growing with the
+    structure's edge count. The same function; the sums' order differs (float rounding)."""
 
     model: eqx.Module
     config: dict = eqx.field(static=True)
-    remat: bool = eqx.field(static=True)
+    remat_edges: int = eqx.field(static=True)
 
-    def __init__(self, model, config, remat: bool = False):
+    def __init__(self, model, config, remat_edges: int = 0):
         self.model = model
         self.config = _HashableDict(config)
-        self.remat = bool(remat)
+        if not int(remat_edges) >= 0:
+            raise ValueError(f"remat_edges must be ≥ 0 (0: off), got {remat_edges!r}")
+        self.remat_edges = int(remat_edges)
         self.cutoff = float(config["cutoff"])
         self.n_interactions = int(config["n_layers"])
         self.elements = tuple(int(z) for z in config["atomic_numbers"])
 
-    def rematerialised(self, on: bool = True) -> "NequixPotential":
-        return NequixPotential(self.model, self.config, on)
+    def rematerialised(self, edge_chunk: int = REMAT_EDGE_CHUNK) -> "NequixPotential":
+        return NequixPotential(self.model, self.config, edge_chunk)
 
     def species(self, numbers):
         """Atomic numbers -> model species indices (unknown elements map to 0: call check_species first)."""
@@ -56,8 +60,8 @@ class NequixPotential(Potential):
 
     def __call__(self, r_ij, numbers, senders, receivers):
         species = self.species(numbers)
-        if self.remat:
-            e = _checkpointed_node_energies(self.model, r_ij, species, senders, receivers)
+        if self.remat_edges:
+            e = _edge_chunked_node_energies(self.model, r_ij, species, senders, receivers, self.remat_edges)
         else:
             e = self.model.node_energies(r_ij, species, senders, receivers)
         return e[:, 0].astype(r_ij.dtype)
@@ -94,9 +98,9 @@ def _nequix_model():
     return nequix.model
 
 
-def _checkpointed_node_energies(model, r_ij, species, senders, receivers):
-    """`Nequix.node_energies` (nequix 0.4.5, same operations in the same order) with each
-    interaction layer under `eqx.filter_checkpoint`."""
+def _edge_chunked_node_energies(model, r_ij, species, senders, receivers, chunk: int):
+    """`Nequix.node_energies` (nequix 0.4.5, same operations) with each interaction layer's
+    edge messages computed `chunk` edges at a time under `jax.checkpoint` (`_edge_chunked_layer`)."""
     nequix_model = _nequix_model()
     import e3nn_jax as e3nn
 
@@ -106,13 +110,49 @@ def _checkpointed_node_energies(model, r_ij, species, senders, receivers):
     radial_basis = (nequix_model.bessel_basis(r_norm, model.radial_basis_size, model.cutoff)
                     * nequix_model.polynomial_cutoff(r_norm, model.cutoff, model.radial_polynomial_p)[:, None])
     sh = e3nn.spherical_harmonics(e3nn.s2_irreps(model.lmax), r_ij, normalize=True, normalization="component")
-
-    block = eqx.filter_checkpoint(lambda layer, *args: layer(*args))
     for layer in model.layers:
-        features = block(layer, features, species, sh, radial_basis, senders, receivers)
+        features = _edge_chunked_layer(layer, features, species, sh, radial_basis, senders, receivers, chunk)
     e = model.readout(features)
     e = e * jax.lax.stop_gradient(model.scale) + jax.lax.stop_gradient(model.shift)
     return (e + jax.lax.stop_gradient(model.atom_energies[species, None])).array
+
+
+def _edge_chunked_layer(layer, features, species, sh, radial_basis, senders, receivers, chunk: int):
+    """`NequixConvolution.__call__` (nequix 0.4.5, e3nn path) with the message sum
+    m_i = Σ_{e: receiver i} (W x)_{sender e} ⊗ Y(r_e) · R(|r_e|) taken over chunks of `chunk`
+    edges in a `lax.scan`, each chunk under `jax.checkpoint`. The edges are padded to a
+    multiple of `chunk` with zero-weight edges."""
+    import e3nn_jax as e3nn
+
+    messages = layer.linear_1(features)
+    n_edges = senders.shape[0]
+    n_chunks = -(-n_edges // chunk)
+    pad = n_chunks * chunk - n_edges
+
+    def chunked(x):  # (n_edges, ...) -> (n_chunks, chunk, ...), padded with zeros
+        return jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]).reshape((n_chunks, chunk) + x.shape[1:])
+
+    weight = jnp.ones(n_edges, radial_basis.dtype)  # 0 on the padding
+    edges = tuple(map(chunked, (senders, receivers, sh.array, radial_basis, weight)))
+
+    def edge_messages(s, y, radial, w):
+        m = e3nn.tensor_product(messages[s], e3nn.IrrepsArray(sh.irreps, y), filter_ir_out=layer.tp_irreps)
+        return m * (jax.vmap(layer.radial_mlp)(radial) * w[:, None])
+
+    out = jax.eval_shape(edge_messages, *(edges[k][0] for k in (0, 2, 3, 4)))
+
+    @jax.checkpoint
+    def add_chunk(total, x):
+        s, r, y, radial, w = x
+        return total + e3nn.scatter_sum(edge_messages(s, y, radial, w).array, dst=r, output_size=features.shape[0]), None
+
+    total, _ = jax.lax.scan(add_chunk, jnp.zeros((features.shape[0],) + out.array.shape[1:], out.array.dtype), edges)
+    messages_agg = e3nn.IrrepsArray(out.irreps, total) / jnp.sqrt(jax.lax.stop_gradient(layer.avg_n_neighbors))
+    skip = layer.skip(species, features) if layer.index_weights else layer.skip(features)
+    features = layer.linear_2(messages_agg) + skip
+    if layer.layer_norm is not None:
+        features = layer.layer_norm(features)
+    return e3nn.gate(features, even_act=jax.nn.silu, odd_act=jax.nn.tanh, even_gate_act=jax.nn.silu)
 
 
 # The keys that define the network (what `nequix.model.load_model` builds from); training
