@@ -135,13 +135,14 @@ def bench_memory(pot, sizes, dense_max_atoms=16, plain_max_atoms=32, edge_chunk=
                 jax.block_until_ready(c(params))
                 wall.append(time.perf_counter() - t0)
             row[name] = (peak / 2**20, float(np.median(wall)), compile_s)
+        dense = float("nan")
         if n_atoms <= dense_max_atoms:
             params, static = eqx.partition(pot, eqx.is_inexact_array)
             dense = compiled_peak(jax.grad(lambda q: dense_hessian_loss(eqx.combine(q, static), s, f, "mae")), params)[1]
         plain = row.get("plain", (float("nan"),) * 3)
         print(f"  {n_atoms:6d} {int(np.sum(np.asarray(s.graph.mask))):7d} {plain[0]:10.1f} {row['remat'][0]:10.1f} "
               f"{row['remat'][0] / plain[0]:12.2f} {plain[1]:8.2f} {row['remat'][1]:8.2f} {row['remat'][2]:16.0f} "
-              f"{dense / 2**20 if n_atoms <= dense_max_atoms else float('nan'):10.1f}", flush=True)
+              f"{dense / 2**20:10.1f}", flush=True)
 
 
 ABLATION_SCHEMES = (("unit", 1), ("unit", 2), ("random", 1), ("random", 2), ("random", 4))  # (probe, probes)

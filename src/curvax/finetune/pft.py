@@ -101,7 +101,7 @@ class FinetuneConfig:
     # phonon step each; `batch.size_buckets`): less padding per step for more compilations
     model_volume_fraction: float = 1.0  # model_volume only: lattice × s**fraction (s: the model's zero-pressure scale)
     remat_edges: int = 0  # > 0: the phonon step computes each interaction block's edge messages this many edges at a
-    # time under jax.checkpoint (`Potential.rematerialised`): peak memory bounded by the chunk, same gradient (128: benchmarks)
+    # time under jax.checkpoint (`Potential.rematerialised`): ≈ 1/3 of the peak memory, same gradient (128: benchmarks)
     select_best: bool = True  # write the EMA weights of the best validation score
     max_force_drift: float = 0.010  # eV/Å: a model drifting more on held-out upstream frames is not selected
     upstream_files: list = path_field(default_factory=list)  # extxyz / .db / vasprun.xml
